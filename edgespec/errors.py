@@ -1,0 +1,35 @@
+"""User-facing errors: each one is printed as a single line by the CLI, never as a traceback."""
+
+from __future__ import annotations
+
+
+class EdgespecError(Exception):
+    """A failure the user can act on. `hint` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ModelLoadError(EdgespecError):
+    """The file is missing, not a GGUF, truncated, or llama.cpp refused it."""
+
+
+class IncompatibleModelsError(EdgespecError):
+    """Draft and target cannot be paired (different tokenizers)."""
+
+
+class ContextOverflowError(EdgespecError):
+    """The prompt plus the requested tokens do not fit the context."""
+
+
+class UsageError(EdgespecError):
+    """A bad option value."""
+
+    exit_code = 2
