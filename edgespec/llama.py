@@ -1,0 +1,378 @@
+"""One llama.cpp model with its context: load, batched decode, zero-copy logits, KV rollback, tokenizer.
+
+Built on llama-cpp-python's low-level ctypes API. The high-level `Llama` class is not used: with
+logits for every position it allocates n_ctx x n_vocab floats and it re-evaluates on rollback.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import functools
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError
+
+import llama_cpp as lc  # noqa: E402  (after our imports so its logger set-up is replaced below)
+
+_GGUF_MAGIC = b"GGUF"
+
+# llama.cpp writes a lot to stderr while loading. Keep the recent lines so a failure can quote the
+# reason, and print them only when asked (EDGESPEC_DEBUG=1).
+_log_lines: collections.deque[str] = collections.deque(maxlen=200)
+_log_partial: list[str] = []
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@lc.llama_log_callback
+def _log_callback(level, text, user_data):  # pragma: no cover - called from C
+    s = text.decode("utf-8", errors="replace") if text else ""
+    if os.environ.get("EDGESPEC_DEBUG") or os.environ.get("EDGESPEC_LLAMA_LOG"):
+        os.write(2, s.encode("utf-8", errors="replace"))
+    _log_partial.append(s)
+    if s.endswith("\n"):
+        _log_lines.append("".join(_log_partial).rstrip())
+        _log_partial.clear()
+
+
+def _ensure_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            lc.llama_backend_init()
+            _backend_ready = True
+
+
+def _last_llama_error() -> str | None:
+    """The most telling recent llama.cpp log line (an error, or the last line)."""
+    for line in reversed(_log_lines):
+        low = line.lower()
+        if "error" in low or "failed" in low or "corrupt" in low or "not within" in low:
+            return line.split(":", 1)[-1].strip() if ": " in line else line.strip()
+    return None
+
+
+def check_gguf(path: str | os.PathLike) -> Path:
+    """Fail early, with one line, if `path` is not a readable GGUF file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"model file not found: {p}", "check the path, or use --pair to pick a registered model")
+    if p.is_dir():
+        raise ModelLoadError(f"{p} is a directory, not a .gguf model file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {p}: {e.strerror}") from e
+    if head[:4] != _GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{p} is not a GGUF file (it starts with {head[:4]!r}, expected b'GGUF')",
+            "pass a llama.cpp .gguf model",
+        )
+    return p
+
+
+def default_threads() -> int:
+    """Math threads: all cores on small machines, half (the physical ones, usually) on larger ones."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    return n if n <= 4 else max(4, n // 2)
+
+
+@dataclass(frozen=True)
+class VocabInfo:
+    """What two models must share to be paired."""
+
+    vocab_type: int
+    n_tokens: int
+    bos: int
+    eos: int
+
+
+class Model:
+    """A GGUF model, its llama.cpp context and one sequence's KV cache.
+
+    `n_past` is the number of positions in the KV cache. `eval` appends tokens; `rollback` drops
+    positions from the end. Logits come back as numpy views into llama.cpp's buffer, valid until the
+    next `eval`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_batch: int = 512,
+        use_mmap: bool = True,
+    ):
+        self.path = check_gguf(path)
+        _ensure_backend()
+        self._model = self._ctx = None
+        self._batch = None
+
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = int(n_gpu_layers)
+        if not use_mmap:
+            mparams.load_mode = lc.LLAMA_LOAD_MODE_NONE
+        _log_lines.clear()
+        model = lc.llama_model_load_from_file(str(self.path).encode("utf-8"), mparams)
+        if not model:
+            reason = _last_llama_error()
+            raise ModelLoadError(
+                f"llama.cpp could not load {self.path}" + (f": {reason}" if reason else ""),
+                "the file may be truncated or corrupt; download it again",
+            )
+        self._model = model
+        self.vocab_ptr = lc.llama_model_get_vocab(model)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab_ptr))
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(model))
+
+        threads = int(n_threads or default_threads())
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = int(n_ctx)
+        cparams.n_batch = cparams.n_ubatch = int(n_batch)
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        ctx = lc.llama_init_from_model(model, cparams)
+        if not ctx:
+            reason = _last_llama_error()
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a {n_ctx}-token context for {self.path.name}"
+                + (f": {reason}" if reason else ""),
+                "try a smaller --ctx",
+            )
+        self._ctx = ctx
+        self._mem = lc.llama_get_memory(ctx)
+        self.n_ctx = int(lc.llama_n_ctx(ctx))
+        self.n_batch = int(n_batch)
+        self.n_threads = threads
+        self.n_gpu_layers = int(n_gpu_layers)
+        self.tokens: list[int] = []  # what the KV cache holds, position by position
+
+        # One reusable batch; numpy views over its arrays make filling it cheap.
+        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        b = self._batch
+        self._b_token = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
+        self._b_pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
+        self._b_logits = np.ctypeslib.as_array(b.logits, shape=(self.n_batch,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))[:] = 1
+        for i in range(self.n_batch):
+            b.seq_id[i][0] = 0
+
+        self._pieces: list[bytes | None] = [None] * self.n_vocab
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Free the context and the model (safe to call twice)."""
+        if self._batch is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------- decode
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def eval(self, tokens: Sequence[int], logits: str = "last") -> np.ndarray | None:
+        """Append `tokens` to the KV cache in one pass per n_batch chunk.
+
+        logits: "none", "last" (one row) or "all" (a row per token; needs len(tokens) <= n_batch).
+        Returns a float32 view of shape (rows, n_vocab) into llama.cpp's buffer, or None.
+        """
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("eval needs at least one token")
+        if self.n_past + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"context full: {self.n_past} + {n} tokens exceed the {self.n_ctx}-token context of {self.path.name}",
+                "use a larger --ctx or fewer --max-tokens",
+            )
+        if logits == "all" and n > self.n_batch:
+            raise ValueError(f"logits for {n} positions exceed the batch size {self.n_batch}")
+        toks = np.asarray(tokens, dtype=np.int32)
+        for start in range(0, n, self.n_batch):
+            chunk = toks[start : start + self.n_batch]
+            m = len(chunk)
+            self._b_token[:m] = chunk
+            self._b_pos[:m] = np.arange(self.n_past, self.n_past + m, dtype=np.int32)
+            self._b_logits[:m] = 1 if logits == "all" else 0
+            if logits == "last" and start + m == n:
+                self._b_logits[m - 1] = 1
+            self._batch.n_tokens = m
+            rc = lc.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                raise EdgespecError(f"llama_decode failed with code {rc} on {self.path.name} at position {self.n_past}")
+            self.tokens.extend(int(t) for t in chunk)
+        if logits == "none":
+            return None
+        rows = n if logits == "all" else 1
+        ptr = lc.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab))
+
+    def rollback(self, n_past: int) -> None:
+        """Drop every KV position >= n_past."""
+        if n_past < self.n_past:
+            lc.llama_memory_seq_rm(self._mem, 0, n_past, -1)
+            del self.tokens[n_past:]
+
+    def advance_to(self, tokens: Sequence[int], logits: str = "none") -> np.ndarray | None:
+        """Make the KV cache hold exactly `tokens`, evaluating only what it does not already hold.
+
+        With logits="last" the final token is always evaluated, so its logits are fresh.
+        """
+        have = self.tokens
+        n = len(have)
+        if n <= len(tokens) and have == list(tokens[:n]):
+            p = n  # the usual case: the cache is a prefix of what we want
+        else:
+            p = 0
+            for a, b in zip(have, tokens):
+                if a != b:
+                    break
+                p += 1
+        if logits != "none":
+            p = min(p, len(tokens) - 1)
+        self.rollback(p)
+        if p < len(tokens):
+            return self.eval(tokens[p:], logits)
+        return None
+
+    def reset(self) -> None:
+        self.rollback(0)
+
+    # ---------------------------------------------------------------- tokenizer
+    @property
+    def vocab(self) -> VocabInfo:
+        v = self.vocab_ptr
+        return VocabInfo(int(lc.llama_vocab_type(v)), self.n_vocab, int(lc.llama_vocab_bos(v)), int(lc.llama_vocab_eos(v)))
+
+    def token_text(self, token: int) -> bytes:
+        """The vocabulary's stored text for a token id (as in the GGUF)."""
+        return lc.llama_vocab_get_text(self.vocab_ptr, int(token)) or b""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab_ptr, int(token)))
+
+    @functools.cached_property
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token id (EOS, EOT, <|im_end|>, ...)."""
+        return [t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self.vocab_ptr, t)]
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Text to token ids. add_special adds BOS when the model asks for it."""
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self.vocab_ptr, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self.vocab_ptr, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token adds to the output (control tokens add nothing)."""
+        t = int(token)
+        cached = self._pieces[t]
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = lc.llama_token_to_piece(self.vocab_ptr, t, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = lc.llama_token_to_piece(self.vocab_ptr, t, buf, -n, 0, False)
+            cached = self._pieces[t] = buf.raw[:n]
+        return cached
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    # ------------------------------------------------------------ chat template
+    def chat_template(self) -> str | None:
+        raw = lc.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8") if raw else None
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render messages with the GGUF's own Jinja chat template."""
+        template = self.chat_template()
+        if template is None:
+            raise EdgespecError(f"{self.path.name} has no chat template", "use --raw to send the prompt as plain text")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        v = self.vocab_ptr
+        bos = self.token_text(lc.llama_vocab_bos(v)).decode("utf-8", "replace") if lc.llama_vocab_bos(v) >= 0 else ""
+        eos = self.token_text(lc.llama_vocab_eos(v)).decode("utf-8", "replace") if lc.llama_vocab_eos(v) >= 0 else ""
+        try:
+            fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=add_generation_prompt)
+            return fmt(messages=messages).prompt
+        except Exception as e:  # a template error is the model's problem, not a crash
+            raise EdgespecError(f"the chat template of {self.path.name} failed: {e}", "use --raw") from e
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokenize a rendered prompt: special tokens parsed, BOS added unless the text already has it."""
+        bos = int(lc.llama_vocab_bos(self.vocab_ptr))
+        toks = self.tokenize(text, add_special=True, parse_special=True)
+        if len(toks) >= 2 and toks[0] == bos and toks[1] == bos:
+            toks = toks[1:]  # the template wrote BOS itself
+        return toks
+
+    def describe(self) -> str:
+        desc = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self._model, desc, 256)
+        return desc.value.decode("utf-8", "replace")
+
+
+def check_compatible(target: Model, draft: Model) -> None:
+    """Raise IncompatibleModelsError unless draft proposes tokens in the target's vocabulary."""
+    from edgespec.errors import IncompatibleModelsError
+
+    t, d = target.vocab, draft.vocab
+    hint = "pick a draft model from the same family as the target"
+    if t.vocab_type != d.vocab_type:
+        raise IncompatibleModelsError(f"tokenizer types differ: target {t.vocab_type}, draft {d.vocab_type}", hint)
+    if abs(t.n_tokens - d.n_tokens) > 128:
+        raise IncompatibleModelsError(
+            f"vocabulary sizes differ by more than 128: target {t.n_tokens}, draft {d.n_tokens}", hint
+        )
+    if t.bos != d.bos or t.eos != d.eos:
+        raise IncompatibleModelsError(
+            f"special tokens differ: target BOS/EOS {t.bos}/{t.eos}, draft {d.bos}/{d.eos}", hint
+        )
+    for i in range(5, min(t.n_tokens, d.n_tokens)):
+        a, b = target.token_text(i), draft.token_text(i)
+        if a != b:
+            raise IncompatibleModelsError(
+                f"tokenizers differ at token {i}: target {a.decode('utf-8', 'replace')!r}, "
+                f"draft {b.decode('utf-8', 'replace')!r}",
+                hint,
+            )

