@@ -6,12 +6,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typing_extensions import Annotated
+
 
 from edgespec import __version__
 from edgespec.errors import EdgespecError, UsageError
