@@ -1,0 +1,1 @@
+"""One module per command; edgespec.cli wires them into the app."""

@@ -1,0 +1,97 @@
+"""`edgespec run`: one prompt in, a streamed reply out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+from edgespec.commands.options import (
+    CtxOpt, DraftNglOpt, DraftOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err,
+)
+from edgespec.errors import UsageError
+
+
+def run(
+    prompt: Annotated[str, typer.Argument(help="The prompt. '-' reads it from standard input.", show_default=False)],
+    pair: PairOpt = None,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    yes: YesOpt = False,
+    source: SourceOpt = "auto",
+    k: Annotated[Optional[int], typer.Option("--k", help="Tokens to draft per step; 0 is plain decoding [default: the pair's, else 4].", show_default=False)] = None,
+    temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy (exactly the target's argmax).")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")] = 0.95,
+    min_p: Annotated[float, typer.Option("--min-p", help="Sampling: drop tokens below min-p x the top one (0: off).")] = 0.05,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", show_default=False)] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")] = 256,
+    stop: Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).", show_default=False)] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end at an end-of-generation token (for benchmarks).")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="System message for the chat template.", show_default=False)] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as plain text, without the chat template.")] = False,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    n_gpu_layers: NglOpt = 0,
+    draft_gpu_layers: DraftNglOpt = 0,
+    stats: Annotated[bool, typer.Option("--stats", help="Print drafted/accepted counts and speed to stderr.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reply and the stats as one JSON object.")] = False,
+) -> None:
+    """Generate a reply to PROMPT, streamed to stdout."""
+    from edgespec import pull, registry, runner
+    from edgespec.verify import SamplingParams
+
+    if k is not None and k < 0:
+        raise UsageError(f"--k must be >= 0, got {k}")
+    if max_tokens < 1:
+        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
+    models = registry.resolve(registry.load_registry(), pair, target, draft)
+    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
+    k = k if k is not None else (models.k or 4)
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+    gen = runner.GenOptions(k=k, sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
+    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
+
+    with err.status("loading models", spinner="dots"):
+        tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
+    reply = runner.Reply()
+    try:
+        tokens = runner.prompt_tokens(tmodel, prompt, system=system, raw=raw)
+        runner.check_fits(tmodel, len(tokens), max_tokens)
+        try:
+            for piece in runner.stream(tmodel, dmodel, tokens, gen, reply):
+                if not as_json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            reply.finish = "interrupted"
+        if as_json:
+            out = {"text": reply.text, "finish_reason": reply.finish, **reply.stats.as_dict()}
+            out.update(k=gen.k if dmodel else 0, target=str(models.target), draft=str(models.draft) if dmodel else None)
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        elif reply.text and not reply.text.endswith("\n"):
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        if stats and not as_json:
+            _print_stats(reply)
+    finally:
+        tmodel.close()
+        if dmodel is not None:
+            dmodel.close()
+    if reply.finish == "interrupted":
+        err.print("[yellow]interrupted[/]: the reply above is partial")
+        raise typer.Exit(130)
+
+
+def _print_stats(reply) -> None:
+    s = reply.stats
+    err.print(
+        f"[dim]{s.generated} tokens in {s.t_decode:.2f}s ({s.tokens_per_s:.1f} tok/s), "
+        f"prefill {s.prompt_tokens} tokens in {s.t_prefill:.2f}s | drafted {s.drafted}, accepted {s.accepted} "
+        f"({100 * s.acceptance_rate:.1f}%), mean accepted length {s.mean_accepted:.2f} | "
+        f"finish: {reply.finish}[/]"
+    )
