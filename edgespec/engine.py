@@ -33,14 +33,16 @@ class LM(Protocol):
 
 @dataclass
 class Step:
-    """One iteration of the loop (or the prefill, with `prefill` > 0 and no tokens)."""
+    """One iteration of the loop, or the prefill (phase "prefill", no tokens)."""
 
     tokens: list[int]
+    phase: str = "decode"
     drafted: int = 0
     accepted: int = 0
     t_draft: float = 0.0
     t_verify: float = 0.0
-    prefill: int = 0
+    prefill: int = 0  # prompt tokens the target evaluated (not counting those already cached)
+    reused: int = 0  # prompt tokens found in the target's KV cache
     finish: str | None = None  # "stop" (end-of-generation token), "length", "context"
 
 
@@ -48,7 +50,8 @@ class Step:
 class Stats:
     """Running totals over the steps of one or more generations."""
 
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # evaluated in prefill
+    reused_tokens: int = 0  # found already in the KV cache
     generated: int = 0
     drafted: int = 0
     accepted: int = 0
@@ -59,9 +62,12 @@ class Stats:
     accepted_hist: dict[int, int] = field(default_factory=dict)
 
     def add(self, s: Step) -> None:
-        if s.prefill:
+        if s.phase == "prefill":
             self.prompt_tokens += s.prefill
+            self.reused_tokens += s.reused
             self.t_prefill += s.t_draft + s.t_verify
+            return
+        if not s.tokens:
             return
         self.generated += len(s.tokens)
         self.steps += 1
@@ -88,6 +94,7 @@ class Stats:
     def as_dict(self) -> dict:
         return {
             "prompt_tokens": self.prompt_tokens,
+            "reused_prompt_tokens": self.reused_tokens,
             "generated_tokens": self.generated,
             "drafted": self.drafted,
             "accepted": self.accepted,
@@ -100,6 +107,13 @@ class Stats:
             "tokens_per_s": round(self.tokens_per_s, 2),
             "accepted_histogram": {str(k): v for k, v in sorted(self.accepted_hist.items())},
         }
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if list(a[:n]) == list(b[:n]):
+        return n
+    return next(i for i in range(n) if a[i] != b[i])
 
 
 def _draft(model: LM, history: list[int], k: int, sp: SamplingParams, rng, q: np.ndarray, suppress) -> list[int]:
@@ -158,18 +172,19 @@ def generate(
     n_ctx = min(target.n_ctx, draft.n_ctx) if draft is not None and k else target.n_ctx
     q = np.zeros((max(k, 1), target.n_vocab if draft is None else draft.n_vocab), dtype=np.float32)
 
+    reused = _common_prefix(target.tokens, history[:-1])
     t0 = time.perf_counter()
     target.advance_to(history[:-1])
     t1 = time.perf_counter()
     if draft is not None and k:
         draft.advance_to(history[:-1])
-    yield Step([], prefill=len(history) - 1, t_verify=t1 - t0, t_draft=time.perf_counter() - t1)
+    yield Step([], "prefill", prefill=len(history) - 1 - reused, reused=reused, t_verify=t1 - t0, t_draft=time.perf_counter() - t1)
 
     emitted = 0
     while True:
         room = n_ctx - len(history)  # positions left once history[-1] is in the cache
         if room < 0:
-            yield Step([], finish="context")
+            yield Step([], finish="context")  # nothing emitted: the context is full
             return
         k_step = min(k, max_tokens - emitted - 1, room)
 

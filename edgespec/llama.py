@@ -241,10 +241,13 @@ class Model:
         return np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab))
 
     def rollback(self, n_past: int) -> None:
-        """Drop every KV position >= n_past."""
-        if n_past < self.n_past:
-            lc.llama_memory_seq_rm(self._mem, 0, n_past, -1)
-            del self.tokens[n_past:]
+        """Drop every KV position >= n_past.
+
+        Always asks llama.cpp, even when `tokens` says there is nothing to drop: a Ctrl-C that lands
+        between llama_decode and the bookkeeping leaves positions only the KV cache knows about.
+        """
+        lc.llama_memory_seq_rm(self._mem, 0, n_past, -1)
+        del self.tokens[n_past:]
 
     def advance_to(self, tokens: Sequence[int], logits: str = "none") -> np.ndarray | None:
         """Make the KV cache hold exactly `tokens`, evaluating only what it does not already hold.

@@ -23,7 +23,12 @@ class LoadOptions:
 
 @dataclass
 class GenOptions:
-    k: int = 4
+    """How to generate. `mode` picks the drafter: auto, model, ngram or none; `k` fixes the draft
+    length (None lets the controller choose, up to k_max)."""
+
+    mode: str = "auto"
+    k: int | None = None
+    k_max: int = 8
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = 256
     seed: int | None = None
@@ -87,7 +92,8 @@ def stream(target: Model, draft: Model | None, tokens: list[int], opts: GenOptio
     """
     text = TextStream(target.piece, opts.stop)
     steps = generate(
-        target, draft, tokens, k=opts.k, sampling=opts.sampling, max_tokens=opts.max_tokens, seed=opts.seed,
+        target, draft if opts.mode != "none" else None, tokens, k=opts.k if opts.k is not None else 4,
+        sampling=opts.sampling, max_tokens=opts.max_tokens, seed=opts.seed,
         suppress=target.eog_tokens if opts.ignore_eos else (),
     )
     try:

@@ -49,11 +49,11 @@ def run(
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
-    k = k if k is not None else (models.k or 4)
+    k = k if k is not None else models.k
     if prompt == "-":
         prompt = sys.stdin.read()
     sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
-    gen = runner.GenOptions(k=k, sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
+    gen = runner.GenOptions(k=k, mode="auto", sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
     load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
 
     with err.status("loading models", spinner="dots"):
@@ -71,7 +71,7 @@ def run(
             reply.finish = "interrupted"
         if as_json:
             out = {"text": reply.text, "finish_reason": reply.finish, **reply.stats.as_dict()}
-            out.update(k=gen.k if dmodel else 0, target=str(models.target), draft=str(models.draft) if dmodel else None)
+            out.update(k=gen.k if dmodel else 0, mode=gen.mode, target=str(models.target), draft=str(models.draft) if dmodel else None)
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         elif reply.text and not reply.text.endswith("\n"):
             sys.stdout.write("\n")
