@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from edgespec import __version__
-from edgespec.commands import models, run
+from edgespec.commands import calibrate, models, run
 from edgespec.commands.options import err
 from edgespec.errors import EdgespecError
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.command("run")(run.run)
 app.add_typer(models.app, name="models")
+app.command("calibrate")(calibrate.calibrate)
 
 
 def _version(value: bool) -> None:

@@ -14,7 +14,9 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from edgespec import verify
+from edgespec.drafters import Draft, ModelDrafter, NgramDrafter
 from edgespec.errors import ContextOverflowError, UsageError
+from edgespec.policy import Controller, Costs
 from edgespec.verify import SamplingParams
 
 
@@ -44,6 +46,7 @@ class Step:
     prefill: int = 0  # prompt tokens the target evaluated (not counting those already cached)
     reused: int = 0  # prompt tokens found in the target's KV cache
     finish: str | None = None  # "stop" (end-of-generation token), "length", "context"
+    drafter: str = "none"  # where this step's drafts came from: "model", "ngram" or "none"
 
 
 @dataclass
@@ -59,7 +62,9 @@ class Stats:
     draft_steps: int = 0
     t_prefill: float = 0.0
     t_decode: float = 0.0
-    accepted_hist: dict[int, int] = field(default_factory=dict)
+    accepted_hist: dict[int, int] = field(default_factory=dict)  # accepted drafts per step -> steps
+    k_hist: dict[int, int] = field(default_factory=dict)  # drafted tokens per step -> steps
+    drafter_steps: dict[str, int] = field(default_factory=dict)  # drafter -> steps
 
     def add(self, s: Step) -> None:
         if s.phase == "prefill":
@@ -71,6 +76,8 @@ class Stats:
             return
         self.generated += len(s.tokens)
         self.steps += 1
+        self.k_hist[s.drafted] = self.k_hist.get(s.drafted, 0) + 1
+        self.drafter_steps[s.drafter] = self.drafter_steps.get(s.drafter, 0) + 1
         self.t_decode += s.t_draft + s.t_verify
         if s.drafted:
             self.draft_steps += 1
@@ -106,6 +113,8 @@ class Stats:
             "decode_s": round(self.t_decode, 4),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "accepted_histogram": {str(k): v for k, v in sorted(self.accepted_hist.items())},
+            "k_histogram": {str(k): v for k, v in sorted(self.k_hist.items())},
+            "drafter_steps": dict(sorted(self.drafter_steps.items())),
         }
 
 
@@ -114,26 +123,6 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     if list(a[:n]) == list(b[:n]):
         return n
     return next(i for i in range(n) if a[i] != b[i])
-
-
-def _draft(model: LM, history: list[int], k: int, sp: SamplingParams, rng, q: np.ndarray, suppress) -> list[int]:
-    """Propose up to k tokens after `history`; with sampling, q[i] receives the draft distribution."""
-    out: list[int] = []
-    logits = model.advance_to(history, logits="last")
-    for i in range(k):
-        row = logits[-1]
-        if suppress is not None:
-            row[suppress] = -np.inf
-        if sp.greedy:
-            t = int(np.argmax(row))
-        else:
-            verify.probs_from_logits(row[None, :], q[i : i + 1], sp.temperature, sp.top_k, sp.top_p, sp.min_p)
-            t = verify.sample_token(q[i], float(rng.random()))
-        out.append(t)
-        if i + 1 == k or model.is_eog(t):
-            break  # the last draft token is never fed to the draft: the target may reject it
-        logits = model.eval([t], logits="last")
-    return out
 
 
 def generate(
@@ -146,13 +135,15 @@ def generate(
     max_tokens: int = 256,
     seed: int | None = None,
     suppress: Sequence[int] = (),
+    controller: Controller | None = None,
 ) -> Iterator[Step]:
     """Yield a prefill Step, then one Step per target pass until EOG, max_tokens or a full context.
 
     Greedy: every token is the target's argmax given the tokens before it. Sampling: the emitted
-    sequence has the target's distribution (speculative rejection sampling). Without a draft
-    model, or with k = 0, this is plain decoding through the same code. `suppress` lists tokens that
-    neither model may produce (e.g. end-of-generation tokens, for --ignore-eos).
+    sequence has the target's distribution (speculative rejection sampling). `controller` picks the
+    drafter (draft model, n-gram lookup, none) and k for each step; without one, the draft model
+    drafts a fixed k (k = 0 or no draft model: plain decoding, through the same code). `suppress`
+    lists tokens neither model may produce (end-of-generation tokens, for --ignore-eos).
     """
     if k < 0:
         raise UsageError(f"k must be >= 0, got {k}")
@@ -164,19 +155,21 @@ def generate(
         raise ContextOverflowError(
             f"the prompt is {len(prompt)} tokens but the context holds {target.n_ctx}", "use a larger --ctx or a shorter prompt"
         )
-    if draft is None:
-        k = 0
-    rng = np.random.default_rng(seed)
+    ctl = controller or Controller(Costs({1: 1.0}), mode="model" if draft is not None else "none", k=k, has_model=draft is not None)
     ban = np.asarray(suppress, dtype=np.int64) if len(suppress) else None
+    drafters = {"ngram": NgramDrafter()}
+    if draft is not None and ctl.mode in ("auto", "model"):
+        drafters["model"] = ModelDrafter(draft, ban)
+    rng = np.random.default_rng(seed)
     history = list(prompt)
-    n_ctx = min(target.n_ctx, draft.n_ctx) if draft is not None and k else target.n_ctx
-    q = np.zeros((max(k, 1), target.n_vocab if draft is None else draft.n_vocab), dtype=np.float32)
+    n_ctx = min(target.n_ctx, draft.n_ctx) if "model" in drafters else target.n_ctx
+    q = np.zeros((ctl.k_max if ctl.k_fixed is None else max(ctl.k_fixed, 1), target.n_vocab), dtype=np.float32)
 
     reused = _common_prefix(target.tokens, history[:-1])
     t0 = time.perf_counter()
     target.advance_to(history[:-1])
     t1 = time.perf_counter()
-    if draft is not None and k:
+    if "model" in drafters:
         draft.advance_to(history[:-1])
     yield Step([], "prefill", prefill=len(history) - 1 - reused, reused=reused, t_verify=t1 - t0, t_draft=time.perf_counter() - t1)
 
@@ -186,28 +179,33 @@ def generate(
         if room < 0:
             yield Step([], finish="context")  # nothing emitted: the context is full
             return
-        k_step = min(k, max_tokens - emitted - 1, room)
+        limit = min(max_tokens - emitted - 1, room, len(q))
 
         t0 = time.perf_counter()
-        drafts = _draft(draft, history, k_step, sampling, rng, q, ban) if k_step > 0 else []
+        n_gram, conf = drafters["ngram"].peek(history, limit) if ctl.mode in ("auto", "ngram") else (0, 0.0)
+        choice = ctl.choose(n_gram, conf, limit)
+        d = Draft()
+        if choice.k > 0:
+            d = drafters[choice.drafter].propose(history, choice.k, sampling, rng, q, ctl.keep_going(choice.drafter))
+        drafts = np.asarray(d.tokens, dtype=np.int32)
         t1 = time.perf_counter()
 
-        rows = target.eval([history[-1]] + drafts, logits="all")
+        rows = target.eval([history[-1]] + d.tokens, logits="all")
         if ban is not None:
             rows[:, ban] = -np.inf
         if sampling.greedy:
-            n_acc, token = verify.greedy_accept(rows, np.asarray(drafts, dtype=np.int32))
+            n_acc, token = verify.greedy_accept(rows, drafts)
         else:
             u = rng.random(len(drafts) + 1)
             n_acc, token = verify.sample_accept(
-                rows, np.asarray(drafts, dtype=np.int32), q[: len(drafts)], u,
-                sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p,
+                rows, drafts, q[: len(drafts)], u, sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_p
             )
-        new = drafts[:n_acc] + [int(token)]
+        new = d.tokens[:n_acc] + [int(token)]
         target.rollback(len(history) + n_acc)  # keep history[-1] and the accepted drafts
-        if draft is not None:
-            draft.rollback(len(history) + n_acc)
+        if "model" in drafters:
+            drafters["model"].rollback(len(history) + n_acc)
         t2 = time.perf_counter()
+        ctl.update(choice.drafter, d.confidence, n_acc, t1 - t0, t2 - t1)
 
         finish = None
         for i, t in enumerate(new):
@@ -218,6 +216,7 @@ def generate(
             new, finish = new[: max_tokens - emitted], "length"
         history.extend(new)
         emitted += len(new)
-        yield Step(new, drafted=len(drafts), accepted=n_acc, t_draft=t1 - t0, t_verify=t2 - t1, finish=finish)
+        yield Step(new, drafted=len(drafts), accepted=n_acc, t_draft=t1 - t0, t_verify=t2 - t1, finish=finish,
+                   drafter=choice.drafter if len(drafts) else "none")
         if finish:
             return

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from edgespec import calibrate
 from edgespec.engine import Stats, generate
+from edgespec.policy import MODES, Controller, Costs
 from edgespec.errors import ContextOverflowError, UsageError
 from edgespec.llama import Model, check_compatible, check_gguf
 from edgespec.text import TextStream
@@ -42,6 +44,7 @@ class Reply:
     tokens: list[int] = field(default_factory=list)
     finish: str | None = None  # stop | length | context | interrupted
     stats: Stats = field(default_factory=Stats)
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -> tuple[Model, Model | None]:
@@ -85,16 +88,39 @@ def check_fits(model: Model, n_prompt: int, max_tokens: int) -> None:
         )
 
 
-def stream(target: Model, draft: Model | None, tokens: list[int], opts: GenOptions, reply: Reply) -> Iterator[str]:
+def make_controller(target: Model, draft: Model | None, opts: GenOptions, on_calibrate=None) -> Controller:
+    """The controller for `opts`. Choosing k needs measured costs: cached, or measured now (a few seconds)."""
+    if opts.mode not in MODES:
+        raise UsageError(f"--draft-mode must be one of {', '.join(MODES)}, got {opts.mode!r}")
+    if opts.mode == "model" and draft is None:
+        raise UsageError("--draft-mode model needs a draft model", "pass --draft or --pair")
+    if opts.k is not None and opts.k < 0:
+        raise UsageError(f"--k must be >= 0, got {opts.k}")
+    has_model = draft is not None
+    if opts.mode == "none" or opts.k is not None:
+        k = 0 if opts.mode == "none" else opts.k
+        return Controller(Costs({1: 1.0}), mode=opts.mode, k=k, k_max=max(k, 1), has_model=has_model)
+    cached = calibrate.load(target, draft)
+    if cached is None and on_calibrate:
+        on_calibrate()
+    costs, _ = calibrate.load_or_measure(target, draft, opts.k_max)
+    return Controller(costs, mode=opts.mode, k_max=opts.k_max, has_model=has_model)
+
+
+def stream(
+    target: Model, draft: Model | None, tokens: list[int], opts: GenOptions, reply: Reply,
+    controller: Controller | None = None,
+) -> Iterator[str]:
     """Yield printable text as it is produced; `reply` collects text, tokens, stats and finish reason.
 
-    If the consumer stops early (Ctrl-C), `reply` still holds everything shown so far.
+    If the consumer stops early (Ctrl-C), `reply` still holds everything shown so far. Pass the same
+    controller across calls (chat turns) to keep what it learned.
     """
+    ctl = controller or make_controller(target, draft, opts)
     text = TextStream(target.piece, opts.stop)
     steps = generate(
-        target, draft if opts.mode != "none" else None, tokens, k=opts.k if opts.k is not None else 4,
-        sampling=opts.sampling, max_tokens=opts.max_tokens, seed=opts.seed,
-        suppress=target.eog_tokens if opts.ignore_eos else (),
+        target, draft, tokens, sampling=opts.sampling, max_tokens=opts.max_tokens, seed=opts.seed,
+        suppress=target.eog_tokens if opts.ignore_eos else (), controller=ctl,
     )
     try:
         for step in steps:
@@ -115,3 +141,8 @@ def stream(target: Model, draft: Model | None, tokens: list[int], opts: GenOptio
     finally:
         steps.close()
         reply.text = text.text
+        warning = ctl.warning()
+        if warning:
+            reply.warnings.append(warning)
+        if ctl.k_fixed is None and ctl.mode != "none":
+            calibrate.save(target, draft, ctl.costs)  # keep the costs refreshed by this run

@@ -27,3 +27,10 @@ CtxOpt = Annotated[int, typer.Option("--ctx", "-c", help="Context size in tokens
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads [default: cores, or half of them above 4]", min=1, show_default=False)]
 NglOpt = Annotated[int, typer.Option("--n-gpu-layers", help="Target layers to offload to the GPU (-1: all).")]
 DraftNglOpt = Annotated[int, typer.Option("--draft-gpu-layers", help="Draft layers to offload to the GPU (-1: all).")]
+DraftModeOpt = Annotated[
+    str, typer.Option("--draft-mode", help="Drafter: auto (the cost model picks model, n-gram or none per step), model, ngram or none.")
+]
+KOpt = Annotated[
+    Optional[int], typer.Option("--k", help="Fix the draft length (0: plain decoding) [default: chosen per step].", show_default=False)
+]
+KMaxOpt = Annotated[int, typer.Option("--k-max", help="Longest draft the controller may choose.", min=1, max=64)]

@@ -9,7 +9,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from edgespec.commands.options import (
-    CtxOpt, DraftNglOpt, DraftOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err,
+    CtxOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
+    YesOpt, err,
 )
 from edgespec.errors import UsageError
 
@@ -21,7 +22,9 @@ def run(
     draft: DraftOpt = None,
     yes: YesOpt = False,
     source: SourceOpt = "auto",
-    k: Annotated[Optional[int], typer.Option("--k", help="Tokens to draft per step; 0 is plain decoding [default: the pair's, else 4].", show_default=False)] = None,
+    draft_mode: DraftModeOpt = "auto",
+    k: KOpt = None,
+    k_max: KMaxOpt = 16,
     temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy (exactly the target's argmax).")] = 0.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")] = 40,
     top_p: Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")] = 0.95,
@@ -49,11 +52,10 @@ def run(
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
-    k = k if k is not None else models.k
     if prompt == "-":
         prompt = sys.stdin.read()
     sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
-    gen = runner.GenOptions(k=k, mode="auto", sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
+    gen = runner.GenOptions(mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
     load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
 
     with err.status("loading models", spinner="dots"):
@@ -62,8 +64,9 @@ def run(
     try:
         tokens = runner.prompt_tokens(tmodel, prompt, system=system, raw=raw)
         runner.check_fits(tmodel, len(tokens), max_tokens)
+        ctl = runner.make_controller(tmodel, dmodel, gen, on_calibrate=lambda: err.print("[dim]measuring this machine's costs (once per pair and setting)...[/]"))
         try:
-            for piece in runner.stream(tmodel, dmodel, tokens, gen, reply):
+            for piece in runner.stream(tmodel, dmodel, tokens, gen, reply, ctl):
                 if not as_json:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
@@ -71,13 +74,15 @@ def run(
             reply.finish = "interrupted"
         if as_json:
             out = {"text": reply.text, "finish_reason": reply.finish, **reply.stats.as_dict()}
-            out.update(k=gen.k if dmodel else 0, mode=gen.mode, target=str(models.target), draft=str(models.draft) if dmodel else None)
+            out.update(mode=gen.mode, k=gen.k, warnings=reply.warnings, target=str(models.target), draft=str(models.draft) if dmodel else None)
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         elif reply.text and not reply.text.endswith("\n"):
             sys.stdout.write("\n")
         sys.stdout.flush()
         if stats and not as_json:
             _print_stats(reply)
+        for w in reply.warnings if not as_json else ():
+            err.print(f"[yellow]warning:[/] {w}")
     finally:
         tmodel.close()
         if dmodel is not None:
@@ -93,5 +98,6 @@ def _print_stats(reply) -> None:
         f"[dim]{s.generated} tokens in {s.t_decode:.2f}s ({s.tokens_per_s:.1f} tok/s), "
         f"prefill {s.prompt_tokens} tokens in {s.t_prefill:.2f}s | drafted {s.drafted}, accepted {s.accepted} "
         f"({100 * s.acceptance_rate:.1f}%), mean accepted length {s.mean_accepted:.2f} | "
+        f"steps by drafter {s.drafter_steps} | "
         f"finish: {reply.finish}[/]"
     )

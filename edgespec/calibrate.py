@@ -1,0 +1,135 @@
+"""Measuring what speculation costs on this machine, and remembering it.
+
+`measure` times a target decode of n positions (logits at each) for n = 1..k_max+1 and one
+draft-model token, at a realistic context length. Results are cached on disk, keyed by the model
+files, backend settings, threads and context bucket; the controller refreshes them from real steps
+and `save` writes the refreshed numbers back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from edgespec.policy import Costs, expected_tokens
+from edgespec.registry import cache_dir
+
+SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
+_FILLER = (
+    "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n"
+    "        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n            out.append(b[j]); j += 1\n"
+    "    return out + a[i:] + b[j:]\n\nThe function merges two sorted lists in linear time. "
+)
+
+
+def _key(target, draft) -> str:
+    import llama_cpp
+
+    parts = [llama_cpp.__version__]
+    for m in (target, draft):
+        if m is None:
+            parts.append("-")
+            continue
+        st = os.stat(m.path)
+        parts += [str(Path(m.path).resolve()), str(st.st_size), str(int(st.st_mtime)), str(m.n_gpu_layers), str(m.n_threads)]
+    bucket = 1 << max(0, (target.n_ctx - 1).bit_length())  # context size bucket (power of two)
+    parts.append(str(bucket))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _path() -> Path:
+    return cache_dir() / "calibration.json"
+
+
+def _read_all() -> dict:
+    try:
+        return json.loads(_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load(target, draft) -> Costs | None:
+    entry = _read_all().get(_key(target, draft))
+    if not entry:
+        return None
+    return Costs(verify={int(n): v for n, v in entry["verify"].items()}, draft_token=entry.get("draft_token"))
+
+
+def save(target, draft, costs: Costs) -> None:
+    """Write (refreshed) costs for this pair; a failure to write the cache is not worth an error."""
+    data = _read_all()
+    data[_key(target, draft)] = {
+        "target": str(target.path), "draft": str(draft.path) if draft is not None else None,
+        "verify": {str(n): v for n, v in sorted(costs.verify.items())}, "draft_token": costs.draft_token,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        _path().parent.mkdir(parents=True, exist_ok=True)
+        tmp = _path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, _path())
+    except OSError:
+        pass
+
+
+def measure(target, draft, k_max: int = 16, reps: int = 3, position: int | None = None) -> Costs:
+    """Time target decodes of n positions and draft tokens at a context of `position` tokens."""
+    filler = target.tokenize(_FILLER * 40, add_special=False)
+    position = position or min(256, target.n_ctx // 4)
+    need = k_max + 1
+    sizes = sorted({s for s in SIZES if s <= need} | {need})
+    base = filler[: min(position, target.n_ctx - need - 1)]
+    batch = filler[len(base) : len(base) + need]
+
+    target.rollback(0)
+    target.eval(base, logits="none")
+    target.eval(batch[:1], logits="all")  # warm-up
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    for _ in range(reps):
+        for n in sizes:
+            target.rollback(len(base))
+            t0 = time.perf_counter()
+            target.eval(batch[:n], logits="all")
+            times[n].append(time.perf_counter() - t0)
+    target.rollback(0)
+    costs = Costs(verify={n: statistics.median(v) for n, v in times.items()})
+
+    if draft is not None:
+        draft.rollback(0)
+        draft.eval(base, logits="none")
+        per = []
+        for t in batch[: 2 + 4 * reps]:
+            t0 = time.perf_counter()
+            draft.eval([t], logits="last")
+            per.append(time.perf_counter() - t0)
+        costs.draft_token = statistics.median(per[2:])  # the first two warm the draft up
+        draft.rollback(0)
+    return costs
+
+
+def load_or_measure(target, draft, k_max: int = 16) -> tuple[Costs, bool]:
+    """(costs, measured_now): cached costs when this pair and setting were calibrated before."""
+    cached = load(target, draft)
+    if cached is not None and (k_max + 1) <= max(cached.verify) and (draft is None or cached.draft_token):
+        return cached, False
+    costs = measure(target, draft, k_max)
+    save(target, draft, costs)
+    return costs, True
+
+
+def speedup(costs: Costs, k: int, accept: float, per_token: float) -> float:
+    """Predicted speed relative to plain decoding for k drafts at a per-token acceptance rate."""
+    return expected_tokens([accept] * k) / (k * per_token + costs.verify_cost(k + 1)) * costs.verify_cost(1)
+
+
+def break_even(costs: Costs, per_token: float, k_max: int) -> float | None:
+    """The lowest per-token acceptance at which some k <= k_max beats plain decoding (None: none does)."""
+    for a100 in range(0, 101):
+        a = a100 / 100
+        if any(speedup(costs, k, a, per_token) > 1.0 for k in range(1, k_max + 1)):
+            return a
+    return None

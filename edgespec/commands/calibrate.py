@@ -1,0 +1,92 @@
+"""`edgespec calibrate`: measure what speculation costs here and say whether it can pay."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgespec.commands.options import (
+    CtxOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err,
+)
+
+ACCEPTANCE = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+def calibrate(
+    pair: PairOpt = None,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    yes: YesOpt = False,
+    source: SourceOpt = "auto",
+    k_max: KMaxOpt = 16,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    n_gpu_layers: NglOpt = 0,
+    draft_gpu_layers: DraftNglOpt = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the measurements and predictions as JSON.")] = False,
+) -> None:
+    """Measure target and draft step costs, cache them, and predict the speed-up for each k."""
+    from edgespec import calibrate as cal
+    from edgespec import pull, registry, runner
+
+    models = registry.resolve(registry.load_registry(), pair, target, draft)
+    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
+    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
+    with err.status("loading models", spinner="dots"):
+        tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
+    try:
+        with err.status("measuring (a few seconds)", spinner="dots"):
+            costs = cal.measure(tmodel, dmodel, k_max)
+        cal.save(tmodel, dmodel, costs)
+    finally:
+        tmodel.close()
+        if dmodel is not None:
+            dmodel.close()
+
+    base = costs.verify_cost(1)
+    ks = [k for k in (1, 2, 3, 4, 6, 8, 12, 16) if k <= k_max]
+    drafters = {"ngram": costs.ngram_lookup}
+    if costs.draft_token is not None:
+        drafters = {"model": costs.draft_token, **drafters}
+    predicted = {
+        name: {str(k): {str(a): round(cal.speedup(costs, k, a, per), 3) for a in ACCEPTANCE} for k in ks}
+        for name, per in drafters.items()
+    }
+    verdict = {name: cal.break_even(costs, per, k_max) for name, per in drafters.items()}
+    if as_json:
+        print(json.dumps({
+            "target": str(models.target), "draft": str(models.draft) if dmodel is not None else None,
+            "verify_s": {str(n): v for n, v in sorted(costs.verify.items())},
+            "verify_relative": {str(n): round(v / base, 3) for n, v in sorted(costs.verify.items())},
+            "draft_token_s": costs.draft_token, "predicted_speedup": predicted, "break_even_acceptance": verdict,
+        }, indent=1))
+        return
+
+    out = Console()
+    t = Table(title="target decode of n positions (logits at each)")
+    for col in ("n", "ms", "x one token", "ms per position"):
+        t.add_column(col, justify="right")
+    for n, v in sorted(costs.verify.items()):
+        t.add_row(str(n), f"{v * 1e3:.1f}", f"{v / base:.2f}", f"{v * 1e3 / n:.1f}")
+    out.print(t)
+    if costs.draft_token is not None:
+        out.print(f"draft model: {costs.draft_token * 1e3:.1f} ms per token = {costs.draft_token / base:.2f} of a target step")
+    for name, table in predicted.items():
+        pt = Table(title=f"predicted speed-up over plain decoding, {name} drafts (rows: k, columns: acceptance)")
+        pt.add_column("k", justify="right")
+        for a in ACCEPTANCE:
+            pt.add_column(f"{a:.2f}", justify="right")
+        for k, row in table.items():
+            pt.add_row(k, *(f"{v:.2f}" for v in row.values()))
+        out.print(pt)
+    for name, a in verdict.items():
+        what, verb = ("The draft model", "pays") if name == "model" else ("N-gram drafts", "pay")
+        if a is None:
+            best = max(v for row in predicted[name].values() for v in row.values())
+            out.print(f"[bold]{what} cannot pay on this machine[/]: even at 100% acceptance the best is {best:.2f}x plain decoding.")
+        else:
+            out.print(f"[bold]{what} {verb} off from {100 * a:.0f}% acceptance[/] per drafted token.")

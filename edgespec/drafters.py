@@ -1,0 +1,140 @@
+"""Drafters: where proposed tokens come from. One small interface, two sources.
+
+- ModelDrafter: the small draft model, one decode per proposed token.
+- NgramDrafter: prompt lookup over everything seen so far; costs almost nothing.
+
+A drafter proposes tokens after `history` and, for sampling, fills the proposal distribution q
+(one row per token) that the rejection-sampling acceptance needs. It also reports a confidence per
+token: the controller turns it into an acceptance estimate and stops drafting when the next token
+is not worth its verification cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from edgespec import verify
+from edgespec.verify import SamplingParams
+
+# Should another token be drafted? Called with the confidences so far; the policy supplies it.
+KeepGoing = Callable[[Sequence[float]], bool]
+
+
+@dataclass
+class Draft:
+    tokens: list[int] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)  # model: draft prob; n-gram: match length
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, history: list[int], k: int, sp: SamplingParams, rng, q: np.ndarray, keep_going: KeepGoing) -> Draft: ...
+
+    def rollback(self, n_past: int) -> None: ...
+
+
+class ModelDrafter:
+    """Proposes with a draft model whose KV cache follows the accepted history."""
+
+    name = "model"
+
+    def __init__(self, model, suppress: np.ndarray | None = None):
+        self.model = model
+        self.suppress = suppress
+
+    def propose(self, history, k, sp, rng, q, keep_going) -> Draft:
+        d = Draft()
+        logits = self.model.advance_to(history, logits="last")
+        for i in range(k):
+            row = logits[-1]
+            if self.suppress is not None:
+                row[self.suppress] = -np.inf
+            if sp.greedy:
+                t = int(np.argmax(row))
+                conf = 1.0 / float(np.exp(row - row[t]).sum())  # the draft's own probability of t
+            else:
+                verify.probs_from_logits(row[None, :], q[i : i + 1], sp.temperature, sp.top_k, sp.top_p, sp.min_p)
+                t = verify.sample_token(q[i], float(rng.random()))
+                conf = float(q[i, t])
+            d.tokens.append(t)
+            d.confidence.append(conf)
+            if i + 1 == k or self.model.is_eog(t) or not keep_going(d.confidence):
+                break  # the last token is never fed to the draft model: the target may reject it
+            logits = self.model.eval([t], logits="last")
+        return d
+
+    def rollback(self, n_past: int) -> None:
+        if len(self.model.tokens) > n_past:
+            self.model.rollback(n_past)
+
+
+class NgramDrafter:
+    """Prompt lookup: find the longest earlier occurrence of the last tokens and propose what followed.
+
+    Among earlier occurrences with the longest suffix match (2..max_match tokens), continuations are
+    ranked by how many occurrences agree on the next token, then by recency. Confidence is the match
+    length (the controller learns how that maps to acceptance).
+    """
+
+    name = "ngram"
+
+    def __init__(self, min_match: int = 2, max_match: int = 8):
+        self.min_match = min_match
+        self.max_match = max_match
+
+    def lookup(self, history: Sequence[int], k: int) -> tuple[list[int], int]:
+        """(continuation of up to k tokens, match length); ([], 0) when nothing matches."""
+        arr = np.asarray(history, dtype=np.int32)
+        n = len(arr)
+        if n < self.min_match + 1 or k <= 0:
+            return [], 0
+        ends = np.flatnonzero(arr[: n - 1] == arr[n - 1])  # earlier positions holding the last token
+        if ends.size == 0:
+            return [], 0
+        length = np.ones(ends.size, dtype=np.int32)
+        for d in range(1, self.max_match):
+            back = ends - d
+            ok = (length == d) & (back >= 0)
+            ok[ok] = arr[back[ok]] == arr[n - 1 - d]
+            if not ok.any():
+                break
+            length[ok] += 1
+        best = int(length.max())
+        if best < self.min_match:
+            return [], 0
+        cands = ends[length == best]
+        nxt = arr[cands + 1]
+        values, counts = np.unique(nxt, return_counts=True)
+        top = values[counts == counts.max()]
+        # most recent occurrence whose next token is among the most agreed-on ones
+        pos = int(cands[np.isin(nxt, top)][-1])
+        cont = arr[pos + 1 : min(pos + 1 + k, n)].tolist()
+        return cont, best
+
+    def peek(self, history: Sequence[int], k: int) -> tuple[int, float]:
+        """(tokens available, confidence) for the controller; the lookup is kept for propose()."""
+        cont, match = self.lookup(history, k)
+        self._last = (len(history), cont, match)
+        return len(cont), float(match)
+
+    def propose(self, history, k, sp, rng, q, keep_going) -> Draft:
+        n, cont, match = getattr(self, "_last", (-1, [], 0))
+        if n != len(history) or len(cont) < k:
+            cont, match = self.lookup(history, k)
+        d = Draft()
+        for i, t in enumerate(cont[:k]):
+            d.tokens.append(int(t))
+            d.confidence.append(float(match))
+            if not sp.greedy:
+                q[i].fill(0.0)  # a deterministic proposal: q is one-hot
+                q[i, t] = 1.0
+            if not keep_going(d.confidence):
+                break
+        return d
+
+    def rollback(self, n_past: int) -> None:
+        pass

@@ -1,0 +1,219 @@
+"""How much to speculate: a measured cost model, acceptance estimates, and the controller.
+
+The controller picks, before each step, the drafter and draft length k that maximise expected
+tokens per second, with plain decoding (k = 0) always a candidate:
+
+    E[tokens | k, a] = 1 + a + a^2 + ... + a^k      (the target always adds one token)
+    T(k)             = k * draft_cost + verify_cost(k + 1)
+
+On a compute-bound CPU verify_cost grows almost linearly with k, so a draft model rarely pays; on a
+GPU verification is nearly free and it does. Nothing here assumes which case it is: the costs are
+measured (edgespec.calibrate) and refreshed from the real step timings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+MODES = ("auto", "model", "ngram", "none")
+
+
+@dataclass
+class Costs:
+    """Seconds per target decode of n positions (logits at each), per draft-model token, per n-gram lookup."""
+
+    verify: dict[int, float]
+    draft_token: float | None = None
+    ngram_lookup: float = 5e-5
+    ema: float = 0.1  # weight of a new observation
+
+    def verify_cost(self, n: int) -> float:
+        """Linear interpolation between measured sizes; linear extrapolation past the last one."""
+        if n in self.verify:
+            return self.verify[n]
+        sizes = sorted(self.verify)
+        lo = max((s for s in sizes if s < n), default=sizes[0])
+        hi = min((s for s in sizes if s > n), default=None)
+        if hi is None:
+            prev = max((s for s in sizes if s < lo), default=None)
+            slope = (self.verify[lo] - self.verify[prev]) / (lo - prev) if prev else self.verify[lo] / lo
+            return self.verify[lo] + slope * (n - lo)
+        w = (n - lo) / (hi - lo)
+        return self.verify[lo] * (1 - w) + self.verify[hi] * w
+
+    def observe_verify(self, n: int, seconds: float) -> None:
+        old = self.verify.get(n)
+        self.verify[n] = seconds if old is None else old + self.ema * (seconds - old)
+
+    def observe_draft(self, per_token: float) -> None:
+        old = self.draft_token
+        self.draft_token = per_token if old is None else old + self.ema * (per_token - old)
+
+
+@dataclass
+class Acceptance:
+    """Acceptance probability by confidence bucket, Beta-smoothed towards a prior."""
+
+    edges: Sequence[float]  # bucket lower bounds, ascending
+    prior: Sequence[float]  # prior mean per bucket
+    weight: float = 4.0  # prior strength, in observations
+    hits: list[float] = field(default_factory=list)
+    tries: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.hits = self.hits or [0.0] * len(self.edges)
+        self.tries = self.tries or [0.0] * len(self.edges)
+
+    def bucket(self, conf: float) -> int:
+        b = 0
+        for i, e in enumerate(self.edges):
+            if conf >= e:
+                b = i
+        return b
+
+    def p(self, conf: float) -> float:
+        b = self.bucket(conf)
+        return (self.hits[b] + self.weight * self.prior[b]) / (self.tries[b] + self.weight)
+
+    def optimistic(self, conf: float) -> float:
+        """The estimate plus one standard error: a bucket with few observations gets tried, and
+        stops being tried once its failures are on record (cheap exploration, then exploitation)."""
+        b = self.bucket(conf)
+        m = self.p(conf)
+        return min(1.0, m + (m * (1 - m) / (self.tries[b] + self.weight + 1)) ** 0.5)
+
+    def update(self, confidence: Sequence[float], accepted: int) -> None:
+        """Tokens before `accepted` were accepted, the one at `accepted` rejected, later ones unseen."""
+        for i, c in enumerate(confidence[: accepted + 1]):
+            b = self.bucket(c)
+            self.tries[b] += 1
+            self.hits[b] += 1.0 if i < accepted else 0.0
+
+
+def expected_tokens(accept: Sequence[float]) -> float:
+    """1 + P(first accepted) + P(first two accepted) + ..."""
+    total, run = 1.0, 1.0
+    for a in accept:
+        run *= a
+        total += run
+    return total
+
+
+@dataclass
+class Choice:
+    drafter: str  # "model", "ngram" or "none"
+    k: int
+
+
+class Controller:
+    """Chooses drafter and k per step; learns acceptance and costs from the steps it sees.
+
+    mode: auto (every drafter and plain compete), model, ngram, none. k: a fixed draft length
+    (for comparisons) or None to let the cost model choose up to k_max.
+    """
+
+    def __init__(self, costs: Costs, *, mode: str = "auto", k: int | None = None, k_max: int = 16,
+                 has_model: bool = True, margin: float = 0.03):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.costs = costs
+        self.mode = mode
+        self.k_fixed = k
+        self.k_max = k_max
+        self.has_model = has_model
+        self.margin = margin  # speculation must beat plain decoding by this much to be chosen
+        # Draft model: confidence is its own probability of the token; a calibrated draft would be accepted
+        # about that often, which is the prior.
+        self.model_acc = Acceptance(edges=[0.0, 0.3, 0.5, 0.7, 0.85, 0.95], prior=[0.2, 0.4, 0.6, 0.75, 0.85, 0.92])
+        self.model_rate = 0.6  # per-token acceptance, for planning before the draft exists
+        # N-gram: confidence is the match length (2..8 tokens).
+        self.ngram_acc = Acceptance(edges=[0, 3, 4, 5, 6, 8], prior=[0.35, 0.45, 0.55, 0.65, 0.7, 0.8])
+        self.drafted = 0
+        self.accepted = 0
+        self.warned = False
+
+    # ------------------------------------------------------------------ choosing
+    def choose(self, ngram_len: int = 0, ngram_conf: float = 0.0, k_limit: int | None = None) -> Choice:
+        """ngram_len: tokens the n-gram lookup could propose now (0: no match); k_limit: room left."""
+        k_max = min(self.k_max, k_limit) if k_limit is not None else self.k_max
+        if self.mode == "none" or k_max <= 0:
+            return Choice("none", 0)
+        if self.k_fixed is not None:
+            k = min(self.k_fixed, k_max)
+            if self.mode == "model" and self.has_model:
+                return Choice("model", k)
+            if self.mode == "ngram" and ngram_len:
+                return Choice("ngram", min(k, ngram_len))
+            if self.mode == "auto":
+                if self.has_model:
+                    return Choice("model", k)
+                if ngram_len:
+                    return Choice("ngram", min(k, ngram_len))
+            return Choice("none", 0)
+
+        plain = 1.0 / self.costs.verify_cost(1)
+        options: list[tuple[float, Choice]] = []
+        if self.mode in ("auto", "model") and self.has_model and self.costs.draft_token is not None:
+            options.append(self._best_k("model", [self.model_rate] * k_max, self.costs.draft_token))
+        if self.mode in ("auto", "ngram") and ngram_len:
+            a = self.ngram_acc.optimistic(ngram_conf)
+            options.append(self._best_k("ngram", [a] * min(ngram_len, k_max), 0.0))
+        if not options:
+            return Choice("none", 0)
+        rate, choice = max(options, key=lambda o: o[0])
+        if self.mode == "auto" and rate < plain * (1 + self.margin):
+            return Choice("none", 0)
+        return choice
+
+    def _best_k(self, drafter: str, accept: list[float], per_token: float) -> tuple[float, Choice]:
+        fixed = self.costs.ngram_lookup if drafter == "ngram" else 0.0
+        best = (0.0, Choice(drafter, 1))
+        for k in range(1, len(accept) + 1):
+            rate = expected_tokens(accept[:k]) / (fixed + k * per_token + self.costs.verify_cost(k + 1))
+            if rate > best[0]:
+                best = (rate, Choice(drafter, k))
+        return best
+
+    def keep_going(self, drafter: str):
+        """For the model drafter: draft one more token only while its expected gain beats its cost.
+
+        Gain: P(every token so far accepted) x P(next accepted), in tokens. Cost: one more draft
+        step plus one more verified position, in the tokens plain decoding makes in that time.
+        """
+        if drafter != "model" or self.k_fixed is not None:
+            return lambda conf: True
+        per_plain = self.costs.verify_cost(1)
+
+        def more(conf: Sequence[float]) -> bool:
+            i = len(conf)
+            p_all = 1.0
+            for c in conf:
+                p_all *= self.model_acc.p(c)
+            extra = self.costs.draft_token + self.costs.verify_cost(i + 2) - self.costs.verify_cost(i + 1)
+            return p_all * self.model_rate > extra / per_plain
+
+        return more
+
+    # ------------------------------------------------------------------ learning
+    def update(self, drafter: str, confidence: Sequence[float], accepted: int, t_draft: float, t_verify: float) -> None:
+        n = len(confidence)
+        self.costs.observe_verify(n + 1, t_verify)
+        if drafter == "model" and n:
+            self.costs.observe_draft(t_draft / n)
+            self.model_acc.update(confidence, accepted)
+            seen = min(n, accepted + 1)
+            self.model_rate += 0.1 * ((accepted / seen) - self.model_rate)
+        elif drafter == "ngram" and n:
+            self.ngram_acc.update(confidence, accepted)
+        if n:
+            self.drafted += n
+            self.accepted += accepted
+
+    def warning(self) -> str | None:
+        """Once per controller: a line to show when drafts keep failing."""
+        if not self.warned and self.drafted >= 32 and self.accepted / self.drafted < 0.3:
+            self.warned = True
+            return (f"acceptance is {100 * self.accepted / self.drafted:.0f}% over {self.drafted} drafted tokens: "
+                    "the draft is not helping (try --draft-mode auto or none)")
+        return None

@@ -1,0 +1,151 @@
+"""The controller and the n-gram drafter, without models: simulated costs and acceptance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgespec.drafters import NgramDrafter
+from edgespec.policy import Acceptance, Controller, Costs, expected_tokens
+
+# Relative costs measured on this project's 2-core CPU (shared facts): verification is compute-bound.
+CPU = {1: 1.0, 2: 1.75, 3: 2.3, 4: 2.9, 5: 3.2, 6: 3.7, 8: 4.8, 12: 5.8, 16: 5.5, 17: 5.9}
+CPU_DRAFT = 0.57
+# A GPU-like profile: extra verified positions are nearly free, the draft model is cheap.
+GPU = {n: 1.0 + 0.02 * (n - 1) for n in range(1, 18)}
+GPU_DRAFT = 0.15
+
+
+def simulate(ctl: Controller, accept_model: float, accept_ngram: float, ngram_len: int, steps: int, seed: int = 0):
+    """Run the controller against a synthetic world; returns speed relative to plain decoding."""
+    rng = np.random.default_rng(seed)
+    tokens = time = 0.0
+    for _ in range(steps):
+        c = ctl.choose(ngram_len=ngram_len, ngram_conf=6.0)
+        conf, acc = [], 0
+        if c.drafter == "model":
+            keep = ctl.keep_going("model")
+            for _ in range(c.k):
+                conf.append(0.9)
+                if not keep(conf):
+                    break
+            rate = accept_model
+        elif c.drafter == "ngram":
+            conf = [6.0] * c.k
+            rate = accept_ngram
+        while acc < len(conf) and rng.random() < rate:
+            acc += 1
+        per = ctl.costs.draft_token if c.drafter == "model" else 0.0
+        t_draft = len(conf) * per
+        t_verify = ctl.costs.verify_cost(len(conf) + 1)
+        ctl.update(c.drafter, conf, acc, t_draft, t_verify)
+        tokens += acc + 1
+        time += t_draft + t_verify
+    return tokens / time / (1.0 / ctl.costs.verify_cost(1))
+
+
+def test_expected_tokens_is_the_geometric_sum():
+    assert expected_tokens([]) == 1
+    assert expected_tokens([0.5, 0.5]) == pytest.approx(1.75)
+    assert expected_tokens([1.0] * 4) == 5
+
+
+def test_costs_interpolate_and_extrapolate():
+    c = Costs({1: 1.0, 4: 2.5, 8: 4.5})
+    assert c.verify_cost(2) == pytest.approx(1.5)
+    assert c.verify_cost(10) == pytest.approx(5.5)
+    c.observe_verify(4, 3.5)
+    assert c.verify_cost(4) == pytest.approx(2.6)
+
+
+def test_on_a_compute_bound_cpu_the_draft_model_is_never_chosen():
+    ctl = Controller(Costs(dict(CPU), draft_token=CPU_DRAFT), mode="auto")
+    speed = simulate(ctl, accept_model=0.92, accept_ngram=0.0, ngram_len=0, steps=300)
+    assert ctl.choose().drafter == "none"
+    assert speed == pytest.approx(1.0)
+
+
+def test_on_a_gpu_the_draft_model_pays_and_k_follows_acceptance():
+    ctl = Controller(Costs(dict(GPU), draft_token=GPU_DRAFT), mode="auto")
+    speed = simulate(ctl, accept_model=0.85, accept_ngram=0.0, ngram_len=0, steps=400)
+    high = ctl.choose()
+    assert high.drafter == "model" and high.k >= 3
+    assert speed > 1.5
+    bad = Controller(Costs(dict(GPU), draft_token=GPU_DRAFT), mode="auto")
+    speed_bad = simulate(bad, accept_model=0.05, accept_ngram=0.0, ngram_len=0, steps=400)
+    assert bad.choose().drafter == "none"
+    assert speed_bad > 0.9  # it found out and stopped drafting
+
+
+def test_ngram_is_used_when_it_pays_and_dropped_when_it_does_not():
+    good = Controller(Costs(dict(CPU), draft_token=CPU_DRAFT), mode="auto")
+    assert simulate(good, 0.0, accept_ngram=0.95, ngram_len=16, steps=300) > 1.5
+    c = good.choose(ngram_len=16, ngram_conf=6.0)
+    assert c.drafter == "ngram" and c.k >= 8
+    bad = Controller(Costs(dict(CPU), draft_token=CPU_DRAFT), mode="auto")
+    assert simulate(bad, 0.0, accept_ngram=0.1, ngram_len=16, steps=300) > 0.9
+    assert bad.choose(ngram_len=16, ngram_conf=6.0).drafter == "none"
+
+
+@pytest.mark.parametrize("a_model,a_ngram", [(0.0, 0.0), (0.5, 0.3), (0.9, 0.6), (1.0, 1.0), (0.3, 0.9)])
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_auto_is_never_much_slower_than_plain(profile, a_model, a_ngram):
+    costs = Costs(dict(CPU), draft_token=CPU_DRAFT) if profile == "cpu" else Costs(dict(GPU), draft_token=GPU_DRAFT)
+    speed = simulate(Controller(costs, mode="auto"), a_model, a_ngram, ngram_len=8, steps=500, seed=3)
+    assert speed >= 0.97
+
+
+def test_keep_going_stops_at_low_confidence():
+    ctl = Controller(Costs(dict(GPU), draft_token=GPU_DRAFT), mode="model")
+    more = ctl.keep_going("model")
+    assert more([0.99, 0.99])
+    assert not more([0.99, 0.05, 0.05])
+    fixed = Controller(Costs(dict(GPU), draft_token=GPU_DRAFT), mode="model", k=4)
+    assert fixed.keep_going("model")([0.01])  # a fixed k is honoured
+
+
+def test_fixed_modes():
+    costs = Costs(dict(CPU), draft_token=CPU_DRAFT)
+    assert Controller(costs, mode="none").choose(ngram_len=5).drafter == "none"
+    assert Controller(costs, mode="model", k=4).choose().k == 4
+    c = Controller(costs, mode="ngram", k=8).choose(ngram_len=3, ngram_conf=3)
+    assert (c.drafter, c.k) == ("ngram", 3)
+    assert Controller(costs, mode="ngram", k=8).choose(ngram_len=0).drafter == "none"
+    assert Controller(costs, mode="model", k=6).choose(k_limit=2).k == 2
+    with pytest.raises(ValueError):
+        Controller(costs, mode="fast")
+
+
+def test_low_acceptance_warns_once():
+    ctl = Controller(Costs(dict(GPU), draft_token=GPU_DRAFT), mode="model", k=4)
+    for _ in range(10):
+        ctl.update("model", [0.5] * 4, 0, 0.1, 0.1)
+    assert "not helping" in ctl.warning()
+    assert ctl.warning() is None
+
+
+def test_acceptance_buckets_learn():
+    a = Acceptance(edges=[0.0, 0.5], prior=[0.5, 0.5], weight=2)
+    for _ in range(50):
+        a.update([0.9, 0.9, 0.2], 2)  # high-confidence tokens accepted, the low one rejected
+    assert a.p(0.95) > 0.9 and a.p(0.1) < 0.1
+
+
+def test_ngram_lookup_prefers_the_longest_match_then_agreement():
+    d = NgramDrafter(min_match=2, max_match=8)
+    #        0  1  2  3  4  5  6  7  8  9 10 11
+    hist = [5, 6, 7, 1, 9, 6, 7, 2, 8, 5, 6, 7]
+    cont, match = d.lookup(hist, 3)
+    assert match == 3 and cont == [1, 9, 6]  # "5 6 7" matched at 0..2
+    assert d.lookup([1, 2, 3, 4], 4) == ([], 0)
+    # two continuations of "3 4": 8 twice, 9 once (most recent) -> the agreed-on 8 wins
+    hist = [3, 4, 8, 0, 3, 4, 8, 1, 3, 4, 9, 2, 3, 4]
+    cont, match = d.lookup(hist, 2)
+    assert match == 2 and cont[0] == 8
+
+
+def test_ngram_copies_a_long_span():
+    text = list(range(100, 140))
+    hist = text + [1, 2] + text[:5]
+    cont, match = NgramDrafter().lookup(hist, 16)
+    assert match == 5 and cont == text[5:21]
