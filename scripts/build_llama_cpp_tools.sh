@@ -12,8 +12,10 @@ trap 'rm -rf "$work"' EXIT
 tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 src=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TESTS=OFF \
-      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF ${CMAKE_ARGS:-} >/dev/null
-cmake --build "$work/build" -j "$(nproc)" --target llama-speculative-simple llama-simple >/dev/null
+      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF ${CMAKE_ARGS:-} >"$work/configure.log" 2>&1 \
+    || { tail -40 "$work/configure.log"; exit 1; }
+cmake --build "$work/build" -j "$(nproc)" --target llama-speculative-simple llama-simple >"$work/build.log" 2>&1 \
+    || { tail -40 "$work/build.log"; exit 1; }
 mkdir -p "$out"
 cp "$work"/build/bin/llama-speculative-simple "$work"/build/bin/llama-simple "$out"/
 echo "built llama.cpp $ver tools in $out"
