@@ -263,3 +263,26 @@ def test_sampling_on_tiny_gguf_has_the_target_distribution(load):
         counts[toks[0], toks[1]] += 1
     assert stats.drafted > 0 and 0 < stats.accepted < stats.drafted
     assert chi2_test(counts, exact) > 1e-4
+
+
+@pytest.mark.parametrize("mode,k", [("ngram", 8), ("ngram", None), ("auto", None)])
+def test_ngram_and_auto_modes_keep_greedy_output(load, mode, k):
+    """Whatever drafts (n-gram lookup, draft model, nothing), greedy output stays the target's."""
+    from edgespec.policy import Controller, Costs
+
+    target, draft = load("target"), load("self_draft")
+    text = "one two three four five six seven eight nine ten. " * 3
+    prompt = target.tokenize(text)
+    ref, margins = reference_greedy(target, prompt, 64)
+    # Cheap verification so that drafting is attractive and the drafters actually run.
+    costs = Costs({n: 1.0 + 0.05 * n for n in range(1, 18)}, draft_token=0.1)
+    stats = Stats()
+    out = []
+    for step in generate(target, draft, prompt, max_tokens=64, controller=Controller(costs, mode=mode, k=k)):
+        stats.add(step)
+        out.extend(step.tokens)
+    i = first_divergence(ref, out)
+    assert i is None or margins[i] < NEAR_TIE
+    assert stats.drafted > 0
+    if mode == "ngram":
+        assert set(stats.drafter_steps) <= {"ngram", "none"} and stats.drafter_steps.get("ngram")
