@@ -1,0 +1,542 @@
+"""A chat session: the conversation as messages and as the token ids the models have already seen.
+
+Each new turn appends only the tokens of the new user message, rendered by the model's own chat
+template, to the tokens of everything before it (prompts, generated replies, the end-of-turn markers
+the template adds). The engine's `advance_to` then finds all of that in the target's and the draft's
+KV caches and evaluates only what is new. The terminal around it lives in edgespec/commands/chat.py.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from edgespec import runner
+from edgespec.engine import Stats, Step
+from edgespec.errors import ContextOverflowError, EdgespecError
+from edgespec.policy import MODES
+FORMAT = "edgespec-chat"
+K_LIMIT = 64
+
+HELP = """\
+/help             this list
+/reset            start a new conversation (keeps the system prompt)
+/system [TEXT]    show the system prompt, or set it ('/system -' removes it)
+/stats [json]     counters for the whole conversation
+/mode MODE        drafter: auto, model, ngram or none
+/k N|auto         tokens to draft per step, or let the controller choose
+/temp X           temperature; 0 is greedy
+/save FILE        write the conversation as JSON
+/load FILE        read a conversation written by /save
+/exit             quit (also Ctrl-D, or Ctrl-C at an empty prompt)
+A line ending in \\ continues on the next line; start a message with // to send a literal /."""
+
+
+def _chatml(messages: list[dict], add_generation_prompt: bool) -> str:
+    """ChatML, for models whose GGUF carries no chat template."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def _word_start_mark(model) -> list[int]:
+    """Tokens a SentencePiece tokenizer puts before text it tokenizes on its own ([] for most BPE ones)."""
+    probe = model.tokenize("\n", add_special=False, parse_special=True)
+    return probe[:-1]
+
+
+def tokenize_continuation(model, text: str) -> list[int]:
+    """Tokens for text that continues a sequence: no BOS, special tokens parsed.
+
+    Some tokenizers (SentencePiece with a space prefix) put a word-start mark in front of text that
+    is tokenized on its own; it is not in the text, so it is taken out again when it is made of
+    tokens of its own.
+    """
+    if not text:
+        return []
+    toks = model.tokenize(text, add_special=False, parse_special=True)
+    mark = _word_start_mark(model)
+    if mark and toks[: len(mark)] == mark and not text.startswith((" ", "\u2581")):
+        return toks[len(mark):]
+    return toks
+
+
+class Conversation:
+    """Messages (alternating user/assistant, the system prompt apart) and their token ids.
+
+    `tokens` is what the models have seen for `messages`, each reply as it was generated; it is None
+    when it must be rebuilt from a full render (after a change the template cannot append to).
+    """
+
+    def __init__(self, model, system: str | None = None):
+        self.model = model
+        self.system = system or None
+        self.messages: list[dict] = []
+        self.tokens: list[int] | None = []
+        self._has_template = model.chat_template() is not None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        full = ([{"role": "system", "content": self.system}] if self.system else []) + messages
+        if not self._has_template:
+            return _chatml(full, add_generation_prompt)
+        return self.model.apply_chat_template(full, add_generation_prompt=add_generation_prompt)
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.messages) // 2
+
+    def prompt_for(self, text: str) -> list[int]:
+        """The tokens to generate the reply to user message `text` from.
+
+        The template renders the conversation with and without the new message; when the longer
+        text extends the shorter one, only the difference is tokenized and appended. Templates that
+        rewrite earlier turns fall back to a full render (advance_to still reuses the common prefix).
+        """
+        after = self.render(self.messages + [_msg("user", text)], True)
+        if self.tokens:
+            before = self.render(self.messages, False)
+            if after.startswith(before):
+                return self.tokens + tokenize_continuation(self.model, after[len(before):])
+        return self.model.tokenize_prompt(after)
+
+    def bare_prompt(self, text: str) -> list[int]:
+        """The prompt for `text` with no earlier turns (the least any prompt for it can be)."""
+        return self.model.tokenize_prompt(self.render([_msg("user", text)], True))
+
+    def add_reply(self, text: str, prompt: Sequence[int], reply_text: str, reply_tokens: Sequence[int]) -> None:
+        """Record a finished (or interrupted) turn: the reply as shown, and the tokens to keep.
+
+        The kept tokens are the prompt, the generated tokens and the end-of-turn text the template
+        puts after the reply (minus an end-of-generation token the model already produced).
+        """
+        user, reply = _msg("user", text), _msg("assistant", reply_text)
+        before = self.render(self.messages + [user], True)
+        after = self.render(self.messages + [user, reply], False)
+        self.messages += [user, reply]
+        head = before + reply_text
+        if not after.startswith(head):  # the template rewrites the reply (trims it, say): re-render next time
+            self.tokens = None
+            return
+        gen = _shown_tokens(self.model, reply_tokens, reply_text)
+        tail = after[len(head):]
+        if gen and self.model.is_eog(gen[-1]):
+            mark = self.model.token_text(gen[-1]).decode("utf-8", "replace")
+            if mark and tail.startswith(mark):
+                tail = tail[len(mark):]  # the model wrote the template's end-of-turn token itself
+            else:
+                gen.pop()
+        self.tokens = list(prompt) + gen + tokenize_continuation(self.model, tail)
+
+    def drop_oldest_turn(self) -> bool:
+        """Forget the oldest user/assistant exchange (the system prompt stays). False if none is left."""
+        if len(self.messages) < 2:
+            return False
+        del self.messages[:2]
+        self.tokens = None
+        return True
+
+    def reset(self) -> None:
+        self.messages, self.tokens = [], []
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+        self.tokens = None if self.messages else []
+
+
+def _shown_tokens(model, tokens: Sequence[int], text: str) -> list[int]:
+    """The generated tokens that make up `text`, the part of the reply that was shown.
+
+    Usually all of them. Ctrl-C can leave a few whose bytes were held back (half a character),
+    and a stop string cuts the text inside a token: then the longest prefix that matches, or failing
+    that the text tokenized anew (the cache is then re-evaluated from where they differ).
+    """
+    for n in range(len(tokens), max(len(tokens) - 8, 0) - 1, -1):
+        if model.detokenize(tokens[:n]) == text:
+            return list(tokens[:n])
+    return tokenize_continuation(model, text)
+
+
+def _msg(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+class _DraftChars:
+    """Which characters of the streamed text came from accepted draft tokens (for --show-draft).
+
+    Decodes the steps' tokens the way the text stream does, one flag per character, and hands the
+    flags out as the printable pieces arrive.
+    """
+
+    def __init__(self, piece: Callable[[int], bytes]):
+        self._piece = piece
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._flags: collections.deque[bool] = collections.deque()
+
+    def add(self, step: Step) -> None:
+        for i, t in enumerate(step.tokens):
+            self._flags.extend([i < step.accepted] * len(self._decoder.decode(self._piece(t))))
+
+    def take(self, n: int) -> list[bool]:
+        return [self._flags.popleft() if self._flags else False for _ in range(n)]
+
+
+class _StepTap(Stats):
+    """The reply's Stats, also handing each Step to a callback as runner.stream records it."""
+
+    def __init__(self, on_step: Callable[[Step], None]):
+        super().__init__()
+        self._on_step = on_step
+
+    def add(self, s: Step) -> None:
+        super().add(s)
+        self._on_step(s)
+
+
+@dataclass
+class Turn:
+    """What one reply did: the counters behind the status line and /stats."""
+
+    prompt_tokens: int  # the whole prompt handed to the engine
+    dropped: int = 0  # oldest turns dropped to fit the context first
+    stats: Stats = field(default_factory=Stats)
+    draft_evaluated: Optional[int] = None  # None: the draft model was not used for this prompt
+    draft_reused: Optional[int] = None
+    finish: Optional[str] = None
+    warnings: list = field(default_factory=list)
+
+    @property
+    def drafters(self) -> dict:
+        """Drafter name -> steps that drafted with it."""
+        steps = getattr(self.stats, "drafter_steps", {})
+        return {name: n for name, n in steps.items() if name != "none"}
+
+    @property
+    def drafter(self) -> str:
+        d = self.drafters
+        return max(d, key=d.get) if d else "none"
+
+    @property
+    def max_k(self) -> int:
+        """Most tokens drafted in one step."""
+        return max(getattr(self.stats, "k_hist", {}) or [0])
+
+    def as_dict(self) -> dict:
+        s = self.stats
+        return {
+            "prompt_tokens": self.prompt_tokens, "evaluated": s.prompt_tokens, "reused": s.reused_tokens,
+            "draft_evaluated": self.draft_evaluated, "draft_reused": self.draft_reused,
+            "generated": s.generated, "drafted": s.drafted, "accepted": s.accepted,
+            "acceptance_rate": round(s.acceptance_rate, 4), "mean_accepted_length": round(s.mean_accepted, 3),
+            "tokens_per_s": round(s.tokens_per_s, 2), "drafters": self.drafters, "max_k": self.max_k,
+            "dropped_turns": self.dropped, "finish": self.finish,
+        }
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _add_stats(total: Stats, s: Stats) -> None:
+    """total += s, field by field (histograms merged key by key)."""
+    for f in dataclasses.fields(Stats):
+        a, b = getattr(total, f.name), getattr(s, f.name)
+        if isinstance(a, dict):
+            for k, v in b.items():
+                a[k] = a.get(k, 0) + v
+        else:
+            setattr(total, f.name, a + b)
+
+
+@dataclass
+class Outcome:
+    """What a slash command has to say; `exit` ends the chat."""
+
+    text: str = ""
+    error: bool = False
+    exit: bool = False
+    raw: bool = False  # machine-readable (JSON): print as it is
+
+
+class Session:
+    """A conversation with a loaded target (and draft) model: turns, slash commands, save/load."""
+
+    def __init__(self, target, draft, gen: runner.GenOptions, system: str | None = None, on_calibrate: Callable[[], None] | None = None):
+        self.target, self.draft, self.gen = target, draft, gen
+        self.conv = Conversation(target, system)
+        self.turns: list[Turn] = []
+        self.total = Stats()
+        self.on_calibrate = on_calibrate
+        self._controller = None
+
+    def controller(self):
+        """The speculation controller, kept across turns so that what it learns carries over.
+
+        Made anew after /mode or /k. Making one may measure this machine's costs first (once per
+        pair and setting, cached); that empties the KV caches, which the next turn refills.
+        """
+        if self._controller is None:
+            self._controller = runner.make_controller(self.target, self.draft, self.gen, on_calibrate=self.on_calibrate)
+        return self._controller
+
+    @property
+    def n_ctx(self) -> int:
+        return min(self.target.n_ctx, self.draft.n_ctx) if self.draft is not None else self.target.n_ctx
+
+    @property
+    def reserve(self) -> int:
+        """Room kept free for a reply when fitting the conversation into the context."""
+        return min(self.gen.max_tokens, self.n_ctx // 2)
+
+    # ------------------------------------------------------------------ turns
+    def _fit(self, text: str) -> tuple[list[int], int]:
+        """The prompt for `text`, after dropping the oldest turns until it fits with room for a reply."""
+        prompt = self.conv.prompt_for(text)
+        if len(prompt) + self.reserve <= self.n_ctx:
+            return prompt, 0
+        bare = len(self.conv.bare_prompt(text))
+        if bare >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the message is {bare} tokens with the template; the context holds {self.n_ctx}",
+                "send a shorter message, or start with a larger --ctx",
+            )
+        dropped = 0
+        while len(prompt) + self.reserve > self.n_ctx and self.conv.drop_oldest_turn():
+            dropped += 1
+            prompt = self.conv.prompt_for(text)
+        return prompt, dropped
+
+    def send(
+        self,
+        text: str,
+        on_piece: Callable[[str, list[bool]], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
+    ) -> Turn:
+        """Generate the reply to user message `text`, streaming it through on_piece(text, from_draft).
+
+        Ctrl-C (KeyboardInterrupt) stops the reply; what was shown stays in the conversation, and
+        the KV caches stay consistent because the next advance_to compares and rolls back.
+        """
+        controller = self.controller()  # first: making it may empty the KV caches
+        prompt, dropped = self._fit(text)
+        if dropped and on_notice:
+            on_notice(f"dropped the oldest {_plural(dropped, 'turn')} to fit the {self.n_ctx}-token context")
+        turn = Turn(prompt_tokens=len(prompt), dropped=dropped)
+        chars = _DraftChars(self.target.piece)
+        draft_before = list(self.draft.tokens) if self.draft is not None else None
+
+        def on_step(step: Step) -> None:
+            if step.phase == "prefill":
+                # The draft's cache now holds the prompt (less its last token) if the engine prefilled it.
+                if self.draft is not None and self.draft.tokens == list(prompt[:-1]):
+                    turn.draft_reused = _common_prefix(draft_before, prompt[:-1])
+                    turn.draft_evaluated = len(prompt) - 1 - turn.draft_reused
+                return
+            chars.add(step)
+
+        reply = runner.Reply(stats=_StepTap(on_step))
+        pieces = runner.stream(self.target, self.draft, prompt, self.gen, reply, controller)
+        try:
+            for piece in pieces:
+                if on_piece is not None:
+                    on_piece(piece, chars.take(len(piece)))
+        except KeyboardInterrupt:
+            reply.finish = "interrupted"
+        except BaseException:
+            reply.finish = reply.finish or "error"
+            raise
+        finally:
+            pieces.close()  # fills reply.text even when we stopped reading early
+            turn.stats, turn.finish, turn.warnings = reply.stats, reply.finish, list(reply.warnings)
+            self.conv.add_reply(text, prompt, reply.text, reply.tokens)
+            self.turns.append(turn)
+            _add_stats(self.total, reply.stats)
+        return turn
+
+    # --------------------------------------------------------------- commands
+    def command(self, line: str) -> Outcome:
+        """Run a slash command (`line` starts with '/')."""
+        name, _, arg = line[1:].strip().partition(" ")
+        arg = arg.strip()
+        handler = {
+            "help": lambda a: Outcome(HELP), "?": lambda a: Outcome(HELP),
+            "reset": self._cmd_reset, "system": self._cmd_system, "stats": self._cmd_stats,
+            "mode": self._cmd_mode, "k": self._cmd_k, "temp": self._cmd_temp,
+            "save": self._cmd_save, "load": self._cmd_load,
+            "exit": lambda a: Outcome(exit=True), "quit": lambda a: Outcome(exit=True),
+        }.get(name.lower())
+        if handler is None:
+            return Outcome(f"unknown command /{name} (/help lists them; start with // to send a message that begins with /)", error=True)
+        try:
+            return handler(arg)
+        except EdgespecError as e:
+            return Outcome(e.line(), error=True)
+
+    def _cmd_reset(self, arg: str) -> Outcome:
+        self.conv.reset()
+        self.turns, self.total = [], Stats()
+        return Outcome("new conversation" + (" (system prompt kept)" if self.conv.system else ""))
+
+    def _cmd_system(self, arg: str) -> Outcome:
+        if not arg:
+            return Outcome(f"system prompt: {self.conv.system}" if self.conv.system else "no system prompt (the template's default applies)")
+        self.conv.set_system(None if arg == "-" else arg)
+        return Outcome("system prompt removed" if arg == "-" else "system prompt set")
+
+    def _cmd_mode(self, arg: str) -> Outcome:
+        mode = arg.lower()
+        if mode not in MODES:
+            return Outcome(f"/mode takes one of {', '.join(MODES)} (now: {self.gen.mode})", error=True)
+        if mode == "model" and self.draft is None:
+            return Outcome("no draft model is loaded (start with --draft or --pair)", error=True)
+        self.gen.mode, self._controller = mode, None
+        return Outcome(f"mode {mode}")
+
+    def _cmd_k(self, arg: str) -> Outcome:
+        if arg.lower() == "auto":
+            self.gen.k, self._controller = None, None
+            return Outcome(f"k auto (up to {self.gen.k_max})")
+        try:
+            k = int(arg)
+        except ValueError:
+            k = -1
+        if not 0 <= k <= K_LIMIT:
+            return Outcome(f"/k takes a number from 0 to {K_LIMIT}, or auto (now: {self._k_text()})", error=True)
+        self.gen.k, self._controller = k, None
+        self.gen.k_max = max(self.gen.k_max, k)
+        return Outcome(f"k {k}")
+
+    def _cmd_temp(self, arg: str) -> Outcome:
+        try:
+            t = float(arg)
+        except ValueError:
+            t = -1.0
+        if not 0.0 <= t <= 100.0:
+            return Outcome(f"/temp takes a number >= 0 (now: {self.gen.sampling.temperature:g})", error=True)
+        self.gen.sampling = dataclasses.replace(self.gen.sampling, temperature=t)
+        return Outcome(f"temperature {t:g}" + (" (greedy)" if t == 0 else ""))
+
+    def _cmd_stats(self, arg: str) -> Outcome:
+        if arg == "json":
+            return Outcome(json.dumps(self.stats_dict()), raw=True)
+        if arg:
+            return Outcome("/stats takes no argument, or json", error=True)
+        s = self.total
+        used = len(self.target.tokens)
+        lines = [
+            f"conversation: {_plural(self.conv.n_turns, 'turn')}, {used}/{self.n_ctx} context tokens in use",
+            f"generated {s.generated} tokens in {s.t_decode:.2f} s ({s.tokens_per_s:.1f} tok/s); "
+            f"prompts: {s.prompt_tokens} tokens evaluated, {s.reused_tokens} reused from the cache",
+        ]
+        steps = collections.Counter()
+        for t in self.turns:
+            steps.update(t.drafters)
+        if s.drafted:
+            by = ", ".join(f"{name} {_plural(n, 'step')}" for name, n in steps.most_common())
+            lines.append(
+                f"drafts: {by}; drafted {s.drafted}, accepted {s.accepted} ({100 * s.acceptance_rate:.1f}%), "
+                f"mean accepted length {s.mean_accepted:.2f}"
+            )
+        else:
+            lines.append("drafts: none")
+        lines.append(f"settings: mode {self.gen.mode}, k {self._k_text()}, temperature {self.gen.sampling.temperature:g}")
+        return Outcome("\n".join(lines))
+
+    def stats_dict(self) -> dict:
+        """Everything /stats json prints: totals, per-turn counters, settings."""
+        return {
+            "turns": [t.as_dict() for t in self.turns],
+            "total": self.total.as_dict(),
+            "messages": len(self.conv.messages),
+            "context": {"used": len(self.target.tokens), "n_ctx": self.n_ctx},
+            "mode": self.gen.mode, "k": self.gen.k, "temperature": self.gen.sampling.temperature,
+        }
+
+    def _k_text(self) -> str:
+        return "auto" if self.gen.k is None else str(self.gen.k)
+
+    # -------------------------------------------------------------- save/load
+    def _cmd_save(self, arg: str) -> Outcome:
+        if not arg:
+            return Outcome("/save needs a file name", error=True)
+        path = self.save(arg)
+        return Outcome(f"saved {_plural(self.conv.n_turns, 'turn')} to {path}")
+
+    def _cmd_load(self, arg: str) -> Outcome:
+        if not arg:
+            return Outcome("/load needs a file name", error=True)
+        self.load(arg)
+        return Outcome(f"loaded {_plural(self.conv.n_turns, 'turn')} from {arg}")
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT, "version": 1,
+            "system": self.conv.system,
+            "messages": [dict(m) for m in self.conv.messages],
+            "target": self.target.path.name if hasattr(self.target, "path") else None,
+            "draft": self.draft.path.name if self.draft is not None and hasattr(self.draft, "path") else None,
+            "settings": {"mode": self.gen.mode, "k": self.gen.k, "temperature": self.gen.sampling.temperature},
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the conversation as JSON (atomically: a crash never leaves half a file)."""
+        p = Path(path).expanduser()
+        tmp = p.with_name(p.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, p)
+        except OSError as e:
+            raise EdgespecError(f"cannot write {p}: {e.strerror or e}") from e
+        return p
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Replace the conversation with one written by save(); the models see it at the next turn."""
+        p = Path(path).expanduser()
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise EdgespecError(f"cannot read {p}: {e.strerror or e}") from e
+        except ValueError as e:
+            raise EdgespecError(f"{p} is not JSON: {e}") from e
+        system, messages = parse_conversation(data, p)
+        self.conv.system = system
+        self.conv.messages, self.conv.tokens = messages, None
+        self.turns, self.total = [], Stats()
+
+
+def parse_conversation(data, where) -> tuple[str | None, list[dict]]:
+    """System prompt and messages from saved JSON; raises EdgespecError naming what is wrong."""
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise EdgespecError(f"{where} is not a saved chat (no \"messages\" list)")
+    system = data.get("system")
+    messages = []
+    for i, m in enumerate(data["messages"]):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+            raise EdgespecError(f"{where}: message {i} needs a role (user/assistant) and a text content")
+        if m["role"] == "system" and i == 0 and system is None:
+            system = m["content"]  # OpenAI-style list with the system prompt first
+            continue
+        want = ("user", "assistant")[len(messages) % 2]
+        if m["role"] != want:
+            raise EdgespecError(f"{where}: message {i} is from {m['role']}, expected {want} (turns alternate, starting with user)")
+        messages.append(_msg(m["role"], m["content"]))
+    if len(messages) % 2:
+        raise EdgespecError(f"{where}: the last user message has no reply")
+    if system is not None and not isinstance(system, str):
+        raise EdgespecError(f"{where}: \"system\" must be text")
+    return system or None, messages
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
