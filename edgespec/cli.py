@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from edgespec import __version__
-from edgespec.commands import calibrate, models, run
+from edgespec.commands import calibrate, chat, models, run
 from edgespec.commands.options import err
 from edgespec.errors import EdgespecError
 
@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("run")(run.run)
+app.command("chat")(chat.chat)
 app.add_typer(models.app, name="models")
 app.command("calibrate")(calibrate.calibrate)
 

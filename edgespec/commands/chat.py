@@ -1,0 +1,354 @@
+"""`edgespec chat`: an interactive chat in the terminal, or one message per line when stdin is piped.
+
+The conversation logic (tokens, slash commands, save/load) is edgespec/chat.py; this module is the
+terminal: options, the start-up panel, line input with history, streamed output, status lines.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Iterable, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from edgespec.commands.options import (
+    CtxOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
+    YesOpt, err,
+)
+from edgespec.errors import ContextOverflowError, EdgespecError, UsageError
+
+COMMANDS = ["/help", "/reset", "/system", "/stats", "/mode", "/k", "/temp", "/save", "/load", "/exit"]
+
+# Model output must not drive the terminal: C0 controls (but tab and newline), DEL and C1 controls
+# are shown as symbols. One character for one, so the --show-draft flags stay aligned.
+_CONTROLS = {c: 0x2400 + c for c in range(32) if c not in (9, 10)} | {127: 0x2421} | {c: 0xFFFD for c in range(0x80, 0xA0)}
+
+
+def chat(
+    pair: PairOpt = None,
+    target: TargetOpt = None,
+    draft: DraftOpt = None,
+    yes: YesOpt = False,
+    source: SourceOpt = "auto",
+    draft_mode: DraftModeOpt = "auto",
+    k: KOpt = None,
+    k_max: KMaxOpt = 16,
+    temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy (exactly the target's argmax).")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")] = 0.95,
+    min_p: Annotated[float, typer.Option("--min-p", help="Sampling: drop tokens below min-p x the top one (0: off).")] = 0.05,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", show_default=False)] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")] = 1024,
+    stop: Annotated[Optional[List[str]], typer.Option("--stop", help="End a reply when this text appears (repeatable).", show_default=False)] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end a reply at an end-of-generation token (for benchmarks).")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", show_default=False)] = None,
+    show_draft: Annotated[bool, typer.Option("--show-draft", help="Colour the text that came from accepted drafts.")] = False,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    n_gpu_layers: NglOpt = 0,
+    draft_gpu_layers: DraftNglOpt = 0,
+) -> None:
+    """Chat with a model; replies stream as they are generated.
+
+    On a terminal: line editing and history, a line ending in \\ continues, /help lists the commands,
+    Ctrl-C stops a reply, Ctrl-D quits. With stdin piped: one message per line, only the replies on
+    stdout.
+    """
+    from edgespec import pull, registry, runner
+    from edgespec.chat import MODES, Session
+    from edgespec.verify import SamplingParams
+
+    if draft_mode not in MODES:
+        raise UsageError(f"--draft-mode must be one of {', '.join(MODES)}, got {draft_mode!r}")
+    if k is not None and k < 0:
+        raise UsageError(f"--k must be >= 0, got {k}")
+    if max_tokens < 1:
+        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
+    try:
+        sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    models = registry.resolve(registry.load_registry(), pair, target, draft)
+    if draft_mode == "model" and models.draft is None:
+        raise UsageError("--draft-mode model needs a draft model", "give --draft or --pair")
+    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
+    gen = runner.GenOptions(
+        mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed,
+        stop=tuple(stop or ()), ignore_eos=ignore_eos,
+    )
+    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
+    names = models.target.name + (f" and {models.draft.name}" if models.draft else "")
+    with err.status(f"loading {escape(names)}", spinner="dots"):
+        tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
+    code = 0
+    try:
+        session = Session(tmodel, dmodel, gen, system=system, on_calibrate=_calibrating)
+        err.print(_panel(session, n_gpu_layers))
+        with err.status("getting ready", spinner="dots"):
+            session.controller()  # may measure this machine's costs: now, not in the first reply
+        interactive = sys.stdin.isatty()
+        reader = _TerminalInput(registry.cache_dir() / "chat_history") if interactive else None
+        try:
+            messages = reader.messages() if reader else _piped_messages(sys.stdin)
+            code = _converse(session, messages, _ReplyPrinter(show_draft, interactive), interactive)
+        except Exception as e:
+            failure = _failed(session, e, registry.cache_dir() / "chats")
+            if failure is e:
+                raise
+            raise failure from e
+        finally:
+            if reader:
+                reader.close()
+    finally:
+        tmodel.close()
+        if dmodel is not None:
+            dmodel.close()
+    if code:
+        raise typer.Exit(code)
+
+
+def _calibrating() -> None:
+    err.print("[dim]measuring this machine's costs (once per pair and setting)...[/]")
+
+
+def _converse(session, messages: Iterable[str], show, interactive: bool) -> int:
+    """The chat loop: slash commands and messages until the input ends or /exit. Returns the exit code."""
+    for text in messages:
+        if not text.strip():
+            continue
+        try:
+            if text.startswith("/") and not text.startswith("//"):
+                outcome = session.command(text)
+                if outcome.raw:
+                    sys.stderr.write(outcome.text + "\n")
+                    sys.stderr.flush()
+                elif outcome.text:
+                    err.print(escape(outcome.text), style="red" if outcome.error else "dim", soft_wrap=True)
+                if outcome.exit:
+                    return 0
+                continue
+            if text.startswith("//"):
+                text = text[1:]
+            try:
+                turn = session.send(text, show, lambda note: err.print(escape(note), style="dim"))
+            except ContextOverflowError as e:  # this message alone does not fit: say so, keep chatting
+                err.print(f"[bold red]error:[/] {escape(e.line())}", soft_wrap=True)
+                continue
+            finally:
+                show.end()
+            if interactive:
+                err.print(escape(_status(session, turn)), style="dim", soft_wrap=True)
+            for w in turn.warnings:
+                err.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+            if not interactive and turn.finish == "interrupted":
+                err.print("[yellow]interrupted[/]")
+                return 130
+        except KeyboardInterrupt:  # outside a reply (a status line, a slow command): back to the prompt
+            if not interactive:
+                raise
+            err.print()
+    return 0
+
+
+def _status(session, turn) -> str:
+    """One line after each reply: tokens, speed, drafting, what the prompt cost."""
+    s = turn.stats
+    parts = [f"{s.generated} tokens", f"{s.tokens_per_s:.1f} tok/s"]
+    if s.drafted:
+        k = f"k={turn.max_k}" if session.gen.k is not None else f"k≤{turn.max_k} (auto)"
+        parts.append(
+            f"{turn.drafter} drafts {k}: {s.accepted}/{s.drafted} accepted ({100 * s.acceptance_rate:.0f}%), "
+            f"mean accepted length {s.mean_accepted:.2f}"
+        )
+    else:
+        parts.append(f"no drafts (mode {session.gen.mode}, k {session._k_text()})")
+    parts.append(f"prompt {s.prompt_tokens} new + {s.reused_tokens} cached")
+    note = {"interrupted": "interrupted", "length": "cut at --max-tokens", "context": "context full"}.get(turn.finish or "")
+    if note:
+        parts.append(note)
+    return " · ".join(parts)
+
+
+def _panel(session, n_gpu_layers: int) -> Panel:
+    """What was loaded, in a few lines."""
+    import llama_cpp
+
+    t, d, gen = session.target, session.draft, session.gen
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("target", f"{escape(t.path.name)} [dim]({escape(t.describe())})[/]")
+    grid.add_row("draft", f"{escape(d.path.name)} [dim]({escape(d.describe())})[/]" if d else "[dim]none (n-gram lookup only)[/]")
+    gpu = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+    backend = f"GPU offload ({'all' if n_gpu_layers < 0 else n_gpu_layers} layers)" if gpu else "CPU"
+    grid.add_row("backend", f"{backend}, {t.n_threads} threads")
+    size = sum(os.path.getsize(m.path) for m in (t, d) if m is not None)
+    grid.add_row("context", f"{session.n_ctx} tokens, {size / 1e6:.0f} MB of weights")
+    sampling = "greedy" if gen.sampling.temperature <= 0 else f"temperature {gen.sampling.temperature:g}"
+    grid.add_row("drafting", f"mode {gen.mode}, k {session._k_text()}, {sampling}")
+    if session.conv.system:
+        grid.add_row("system", escape(_clip(session.conv.system, 60)))
+    return Panel(grid, title="edgespec chat", subtitle="/help · Ctrl-D quits", title_align="left", expand=False, border_style="dim")
+
+
+def _clip(s: str, n: int) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+class _ReplyPrinter:
+    """Writes reply text to stdout as it streams; on a terminal, control characters are defused
+    and (--show-draft) text from accepted drafts is coloured."""
+
+    def __init__(self, show_draft: bool, interactive: bool):
+        self.interactive = interactive
+        self.console = Console(highlight=False, soft_wrap=True) if show_draft else None
+        self.open = False  # a reply is on the current line
+
+    def __call__(self, piece: str, from_draft: list[bool]) -> None:
+        if self.interactive:
+            piece = piece.translate(_CONTROLS)
+        if self.console is not None and any(from_draft):
+            text = Text()
+            start = 0
+            for i in range(1, len(piece) + 1):
+                if i == len(piece) or from_draft[i] != from_draft[start]:
+                    text.append(piece[start:i], style="cyan" if from_draft[start] else None)
+                    start = i
+            self.console.print(text, end="")
+        else:
+            sys.stdout.write(piece)
+        sys.stdout.flush()
+        self.open = not piece.endswith("\n") if piece else self.open
+
+    def end(self) -> None:
+        """Finish the reply's line."""
+        if self.open:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        self.open = False
+
+
+def _piped_messages(stream) -> Iterator[str]:
+    """One message per line; a line ending in a backslash continues on the next."""
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="replace")
+    parts: list[str] = []
+    for raw in stream:
+        line = raw.rstrip("\r\n")
+        if line.endswith("\\"):
+            parts.append(line[:-1])
+            continue
+        parts.append(line)
+        yield "\n".join(parts)
+        parts = []
+    if parts:
+        yield "\n".join(parts)
+
+
+class _TerminalInput:
+    """Reads messages at a prompt, with readline's editing and history when Python has it."""
+
+    def __init__(self, history: Path):
+        self.history = history
+        try:
+            import readline
+        except ImportError:  # Windows without pyreadline: plain input() still works
+            readline = None
+        self.readline = readline
+        color = not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        # \001 and \002 tell readline that the colour codes take no room on the line.
+        self.prompt, self.more = ("\001\033[1;36m\002>\001\033[0m\002 ", "\001\033[2m\002.\001\033[0m\002 ") if color else ("> ", ". ")
+        if readline is None:
+            self.prompt, self.more = self.prompt.replace("\001", "").replace("\002", ""), self.more.replace("\001", "").replace("\002", "")
+            return
+        readline.set_history_length(1000)
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+        readline.set_completer(self._complete)
+        readline.set_completer_delims(" \t\n")
+        if "libedit" in (readline.__doc__ or ""):
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+
+    def _complete(self, text: str, state: int) -> str | None:
+        options = [c + " " for c in COMMANDS if c.startswith(text)] if text.startswith("/") else []
+        return options[state] if state < len(options) else None
+
+    def messages(self) -> Iterator[str]:
+        while True:
+            text = self.read()
+            if text is None:
+                return
+            yield text
+
+    def read(self) -> str | None:
+        """One message; None at Ctrl-D, or Ctrl-C at an empty prompt (Ctrl-C on typed text clears it)."""
+        parts: list[str] = []
+        while True:
+            try:
+                line = input(self.more if parts else self.prompt)
+            except EOFError:
+                sys.stdout.write("\n")
+                return None
+            except KeyboardInterrupt:
+                typed = self.readline.get_line_buffer() if self.readline else ""
+                sys.stdout.write("\n")
+                if parts or typed:
+                    parts = []
+                    continue
+                return None
+            # A paste without bracketed-paste mode arrives as several lines at once: keep them together.
+            text = "\n".join([line] + self._pending_lines())
+            if text.endswith("\\"):
+                parts.append(text[:-1])
+                continue
+            parts.append(text)
+            return "\n".join(parts)
+
+    def _pending_lines(self) -> list[str]:
+        lines: list[str] = []
+        try:
+            while select.select([sys.stdin], [], [], 0.02)[0]:
+                lines.append(input(""))
+        except (OSError, ValueError, EOFError):  # no select() on this stream (Windows), or input ended
+            pass
+        return lines
+
+    def close(self) -> None:
+        if self.readline is None:
+            return
+        try:
+            self.history.parent.mkdir(parents=True, exist_ok=True)
+            self.readline.write_history_file(self.history)
+        except OSError:
+            pass  # history is a convenience; never fail the exit for it
+
+
+def _failed(session, e: BaseException, folder: Path) -> EdgespecError:
+    """The error to end with: one line that says where the conversation was saved."""
+    saved = None
+    if session.conv.messages:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            saved = session.save(folder / f"chat-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        except (EdgespecError, OSError):
+            saved = None
+    where = f"the conversation is saved in {saved}" if saved else None
+    if isinstance(e, EdgespecError):
+        e.hint = "; ".join(h for h in (e.hint, where) if h)
+        return e
+    hint = "; ".join(h for h in (where, "set EDGESPEC_DEBUG=1 for the traceback") if h)
+    return EdgespecError(f"internal error: {type(e).__name__}: {e}", hint)
