@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from edgespec import __version__
-from edgespec.commands import calibrate, chat, models, run
+from edgespec.commands import bench, calibrate, chat, models, run
 from edgespec.commands.options import err
 from edgespec.errors import EdgespecError
 
@@ -24,6 +24,7 @@ app.command("run")(run.run)
 app.command("chat")(chat.chat)
 app.add_typer(models.app, name="models")
 app.command("calibrate")(calibrate.calibrate)
+app.command("bench")(bench.bench)
 
 
 def _version(value: bool) -> None:

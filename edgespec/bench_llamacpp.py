@@ -1,0 +1,240 @@
+"""`edgespec bench --compare llama-cpp`: the same prompts through llama.cpp's own llama-speculative-simple.
+
+The binary gets the prompt rendered with the target's chat template (-f FILE), the same models,
+context, threads and GPU layers, greedy sampling (--temp 0 --top-k 1) or the same sampler settings,
+-n max-tokens and a fixed draft length k (minimum draft 0 and draft p-min 0, so it drafts exactly k
+like the model-kN rows; --llama-cpp-args can override any of that: later flags win in llama.cpp).
+It reports, on stderr:
+
+    encoded  123 tokens in    0.812 seconds, speed:  151.478 t/s
+    decoded   81 tokens in    4.104 seconds, speed:   19.737 t/s
+    n_draft   = 4
+    n_predict = 81
+    n_drafted = 96
+    n_accept  = 57
+
+and the prompt followed by the generated text on stdout. Each run is a fresh process (it loads both
+models), so only the timed sections it prints are compared, not its start-up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgespec.errors import EdgespecError, UsageError
+
+BINARY = "llama-speculative-simple"
+RUN_TIMEOUT_S = 900
+
+_ENC = re.compile(r"encoded\s+(\d+)\s+tokens\s+in\s+([0-9.]+)\s+seconds")
+_DEC = re.compile(r"decoded\s+(\d+)\s+tokens\s+in\s+([0-9.]+)\s+seconds(?:,\s*speed:\s*([0-9.]+|inf|nan))?")
+_COUNT = re.compile(r"\b(n_draft|n_predict|n_drafted|n_accept)\s*=\s*(-?\d+)")
+
+# Flag names changed: llama.cpp as vendored by llama-cpp-python 0.3.36 only has --spec-draft-n-max and
+# --spec-draft-n-min (the old --draft-max/--draft-min now fail); older builds only have the old ones.
+NEW_FLAGS = {"n_max": "--spec-draft-n-max", "n_min": "--spec-draft-n-min", "p_min": "--spec-draft-p-min"}
+OLD_FLAGS = {"n_max": "--draft-max", "n_min": "--draft-min", "p_min": "--draft-p-min"}
+
+
+@dataclass
+class SpecOutput:
+    """What llama-speculative-simple printed."""
+
+    encoded: int  # prompt tokens
+    t_encode: float
+    decoded: int  # generated tokens (including an end-of-generation token)
+    t_decode: float
+    n_draft: int | None = None
+    n_drafted: int | None = None
+    n_accept: int | None = None
+    n_predict: int | None = None
+
+    @property
+    def decode_tps(self) -> float:
+        return self.decoded / self.t_decode if self.t_decode > 0 else math.inf
+
+
+def parse_output(text: str) -> SpecOutput:
+    """Parse the timing and count lines (anywhere in the text, whatever log prefix they carry)."""
+    enc, dec = _ENC.search(text), _DEC.search(text)
+    if not dec:
+        raise EdgespecError(f"could not find '{BINARY}' timings in its output (no 'decoded N tokens in X seconds' line)")
+    counts = {k: int(v) for k, v in _COUNT.findall(text)}
+    return SpecOutput(
+        encoded=int(enc.group(1)) if enc else 0, t_encode=float(enc.group(2)) if enc else 0.0,
+        decoded=int(dec.group(1)), t_decode=float(dec.group(2)),
+        n_draft=counts.get("n_draft"), n_drafted=counts.get("n_drafted"), n_accept=counts.get("n_accept"),
+        n_predict=counts.get("n_predict"),
+    )
+
+
+def generated_text(stdout: bytes, rendered_prompt: str) -> bytes | None:
+    """The reply's bytes: what follows the echoed prompt on stdout (None when the echo is not found).
+
+    Bytes, not text: a token may end inside a UTF-8 character, and llama.cpp prints it as it is.
+    """
+    echo = rendered_prompt.encode("utf-8")
+    i = stdout.find(echo) if echo else -1
+    if i < 0:
+        return None
+    return stdout[i + len(echo):].rstrip(b"\n")
+
+
+def find_binary(where: str | os.PathLike) -> Path:
+    """`where` is the binary itself or a directory holding it (or holding bin/ with it)."""
+    p = Path(where).expanduser()
+    hint = f"build it with scripts/build_llama_cpp_tools.sh DIR, or point --llama-cpp-bin at llama.cpp's build/bin"
+    if not p.exists():
+        raise UsageError(f"--llama-cpp-bin: {p} does not exist", hint)
+    if p.is_file():
+        if not os.access(p, os.X_OK):
+            raise UsageError(f"--llama-cpp-bin: {p} is not executable")
+        return p
+    for d in (p, p / "bin"):
+        for name in (BINARY, BINARY + ".exe"):
+            c = d / name
+            if c.is_file() and os.access(c, os.X_OK):
+                return c
+    raise UsageError(f"no {BINARY} in {p}", hint)
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "failed" in ln.lower() or "invalid" in ln.lower():
+            return ln
+    return lines[-1] if lines else "no output"
+
+
+def run_child(cmd: list[str], timeout: float) -> tuple[int, bytes, str, int | None]:
+    """(exit code, stdout bytes, stderr text, the child's peak RSS in bytes where the OS reports it)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        rss = None
+        try:
+            if hasattr(os, "wait4"):
+                deadline = time.monotonic() + timeout
+                while True:
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        proc.returncode = os.waitstatus_to_exitcode(status)
+                        rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+                        break
+                    if time.monotonic() > deadline:
+                        raise subprocess.TimeoutExpired(cmd, timeout)
+                    time.sleep(0.01)
+            else:  # pragma: no cover - Windows
+                proc.wait(timeout)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+            raise
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read().decode("utf-8", "replace"), rss
+
+
+class LlamaCpp:
+    """Runs llama-speculative-simple for a bench mode row."""
+
+    def __init__(self, binary: Path, *, ctx: int, threads: int, n_gpu_layers: int = 0, draft_gpu_layers: int = 0,
+                 sampling=None, ignore_eos: bool = False, extra_args: str = "", timeout: float = RUN_TIMEOUT_S):
+        from edgespec.verify import SamplingParams
+
+        self.binary = binary
+        self.ctx, self.threads = ctx, threads
+        self.ngl, self.ngld = n_gpu_layers, draft_gpu_layers
+        self.sampling = sampling or SamplingParams()
+        self.ignore_eos = ignore_eos
+        try:
+            self.extra = shlex.split(extra_args or "")
+        except ValueError as e:
+            raise UsageError(f"--llama-cpp-args: {e}") from None
+        self.timeout = timeout
+        self.flags = self._detect_flags()
+        self.last_command: list[str] = []
+
+    def _detect_flags(self) -> dict[str, str]:
+        try:
+            rc, out, err, _ = run_child([str(self.binary), "--help"], 60)
+        except OSError as e:
+            raise EdgespecError(f"cannot run {self.binary}: {e.strerror or e}") from None
+        except subprocess.TimeoutExpired:
+            raise EdgespecError(f"{self.binary} --help did not finish in 60 s") from None
+        return NEW_FLAGS if NEW_FLAGS["n_max"] in out.decode("utf-8", "replace") + err else OLD_FLAGS
+
+    def version(self) -> str | None:
+        try:
+            rc, out, err, _ = run_child([str(self.binary), "--version"], 60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        m = re.search(r"version:\s*(\S+(?:\s*\([0-9a-f]+\))?)", out.decode("utf-8", "replace") + err)
+        return m.group(1) if m else None
+
+    def command(self, target: str, draft: str, prompt_file: str, k: int, max_tokens: int, seed: int) -> list[str]:
+        sp = self.sampling
+        gpu = lambda n: str(999 if n < 0 else n)  # noqa: E731  (edgespec's -1 means all layers)
+        cmd = [
+            str(self.binary), "-m", target, "-md", draft, "-f", prompt_file, "-n", str(max_tokens),
+            "-c", str(self.ctx), "-t", str(self.threads), "-td", str(self.threads),
+            "-ngl", gpu(self.ngl), "-ngld", gpu(self.ngld), "-s", str(seed),
+            self.flags["n_max"], str(k), self.flags["n_min"], "0", self.flags["p_min"], "0",
+        ]
+        if sp.greedy:
+            cmd += ["--temp", "0", "--top-k", "1"]
+        else:
+            cmd += ["--temp", str(sp.temperature), "--top-k", str(sp.top_k), "--top-p", str(sp.top_p), "--min-p", str(sp.min_p)]
+        if self.ignore_eos:
+            cmd.append("--ignore-eos")
+        return cmd + self.extra
+
+    def run(self, run, target, draft, prompt, tokens: list[int], max_tokens: int, seed: int) -> None:
+        """Fill `run` (an edgespec.bench.Run) from one llama-speculative-simple process."""
+        if target.chat_template() is not None:
+            messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [{"role": "user", "content": prompt.prompt}]
+            rendered = target.apply_chat_template(messages)
+        else:
+            rendered = prompt.prompt
+        fd, path = tempfile.mkstemp(prefix="edgespec-bench-", suffix=".txt")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(rendered + "\n")  # llama.cpp's -f drops one trailing newline; the template's own stays
+            cmd = self.command(str(target.path), str(draft.path), path, run.k, max_tokens, seed)
+            self.last_command = cmd
+            t0 = time.perf_counter()
+            try:
+                rc, out, err, rss = run_child(cmd, self.timeout)
+            except subprocess.TimeoutExpired:
+                raise EdgespecError(f"{BINARY} did not finish in {self.timeout:.0f} s on prompt {prompt.id!r}") from None
+            wall = time.perf_counter() - t0
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if rc != 0:
+            raise EdgespecError(f"{BINARY} failed (exit code {rc}) on prompt {prompt.id!r}: {_last_error_line(err + out.decode('utf-8', 'replace'))}",
+                                "run it by hand with EDGESPEC_DEBUG=1 to see the command, or adjust --llama-cpp-args")
+        got = parse_output(err + "\n" + out.decode("utf-8", "replace"))
+        run.prompt_tokens = got.encoded or len(tokens)
+        run.prefill_tokens = max(0, run.prompt_tokens - 1)  # it decodes all but the last prompt token up front
+        run.prefill_s, run.decode_s, run.wall_s = got.t_encode, got.t_decode, wall
+        run.generated_tokens = got.decoded
+        run.drafted = got.n_drafted or 0
+        run.accepted = got.n_accept or 0
+        run.draft_steps = run.target_passes = None  # not printed: mean accepted length and k histogram stay unknown
+        run.peak_rss = rss
+        run.finish = "length" if got.decoded >= max_tokens else "stop"
+        run.raw = generated_text(out, rendered)
+        run.text = None if run.raw is None else run.raw.decode("utf-8", "replace")
+        run.tokens = None  # compared with plain decoding by bytes (edgespec.bench.text_divergence)

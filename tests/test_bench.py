@@ -1,0 +1,531 @@
+"""`edgespec bench`: the suite, the run order, the numbers, the outputs, and the llama.cpp comparison.
+
+End-to-end runs use the tiny GGUF models (conftest) and a tiny suite; llama.cpp's binary is stood in
+for by a script that prints what llama-speculative-simple prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import stat
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgespec import bench as B
+from edgespec import bench_llamacpp as L
+from edgespec import bench_report as R
+from edgespec.errors import UsageError
+from edgespec.verify import SamplingParams
+from test_cli import assert_one_line_error, edgespec
+
+TINY_SUITE = [
+    {"id": "code-1", "category": "codegen", "prompt": "def fib(n):"},
+    {"id": "chat-1", "category": "chat", "prompt": "Explain recursion."},
+    {"id": "edit-1", "category": "edit", "prompt": "Rename x to y: x = 1; print(x); x = x + 1; print(x)"},
+    {"id": "extract-1", "category": "extract", "prompt": "Quote it: the quick brown fox jumps over the lazy dog. the quick brown fox.", "max_tokens": 12},
+    {"id": "json-1", "category": "json", "prompt": '{"a": 1, "b": [1, 2, 3]}', "system": "Answer in JSON."},
+]
+
+
+def write_suite(path: Path, rows=TINY_SUITE) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def documented_order(prompts: list[str], modes: list[str], repeats: int) -> list[tuple[int, str, str]]:
+    """The order as the help text states it, written out independently of bench.run_order."""
+    out = []
+    for r in range(repeats):
+        for p in prompts:
+            start = r % len(modes)
+            for j in range(len(modes)):
+                out.append((r, p, modes[(start + j) % len(modes)]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- suite
+def test_shipped_suite_has_every_category_and_real_inputs():
+    suite = B.load_suite()
+    assert len(suite) >= 24
+    cats = {p.category for p in suite}
+    assert cats == set(B.CATEGORIES)
+    for c in B.CATEGORIES:
+        assert sum(p.category == c for p in suite) >= 4, c
+    assert len({p.id for p in suite}) == len(suite)
+    # edit and extract prompts carry the text to work on, so copying from it is natural
+    for p in suite:
+        if p.category in ("edit", "extract"):
+            assert len(p.prompt) >= 400 and p.prompt.count("\n") >= 5, p.id
+        if p.category == "edit":
+            assert "```" in p.prompt, p.id
+
+
+def test_shipped_suite_is_package_data():
+    from importlib import resources
+
+    text = resources.files("edgespec").joinpath("prompts/suite.jsonl").read_text(encoding="utf-8")
+    assert len(B.parse_suite(text, "x")) == len(B.load_suite())
+
+
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ('{"id": "a", "category": "chat"', "not valid JSON"),
+        ('["a", "b"]', "expected a JSON object"),
+        ('{"id": "a", "category": "chat"}', 'missing "prompt"'),
+        ('{"id": "a", "category": "chat", "prompt": "  "}', '"prompt" must be a non-empty string'),
+        ('{"id": "a", "category": "chat", "prompt": "hi", "max_tokens": 0}', '"max_tokens" must be a whole number >= 1'),
+        ('{"id": "a", "category": "chat", "prompt": "hi", "max_tokens": true}', '"max_tokens" must be a whole number >= 1'),
+        ('{"id": "a", "category": "chat", "prompt": "hi", "promt": "typo"}', "unknown key 'promt'"),
+        ('{"id": "code-1", "category": "chat", "prompt": "hi"}', "duplicate id 'code-1' (first on line 1)"),
+    ],
+)
+def test_bad_suite_line_names_file_and_line(tmp_path, line, needle):
+    rows = [json.dumps(TINY_SUITE[0]), "", json.dumps(TINY_SUITE[1]), line]  # the blank line still counts
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as e:
+        B.load_suite(path)
+    assert f"{path}:4: " in e.value.message and needle in e.value.message
+
+
+def test_suite_files_that_cannot_be_read(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        B.load_suite(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(UsageError, match="has no prompts"):
+        B.load_suite(tmp_path / "empty.jsonl")
+
+
+def test_select_category_and_quick():
+    suite = B.parse_suite("".join(json.dumps(r) + "\n" for r in TINY_SUITE), "s")
+    assert [p.id for p in B.select(suite, ["edit", "json"])] == ["edit-1", "json-1"]
+    with pytest.raises(UsageError, match="no prompts in category 'poetry'"):
+        B.select(suite, ["poetry"])
+    # --quick: the first prompt of codegen, edit and extract, kept in suite order
+    assert [p.id for p in B.select(suite, quick=True)] == ["code-1", "edit-1", "extract-1"]
+    assert [p.id for p in B.select(suite, ["chat", "json"], quick=True)] == ["chat-1", "json-1"]
+    shipped = B.select(B.load_suite(), quick=True)
+    assert [p.category for p in shipped] == ["codegen", "edit", "extract"]
+
+
+# ---------------------------------------------------------------------------------------- modes
+def test_parse_modes():
+    names = [m.name for m in B.parse_modes(list(B.DEFAULT_MODES))]
+    assert names == ["plain", "model-k2", "model-k4", "model-k6", "ngram", "auto"]
+    modes = B.parse_modes(["auto,model-k3", "ngram", "auto"], llama_cpp_k=5)
+    assert [(m.name, m.drafter, m.k) for m in modes] == [("plain", "none", 0), ("auto", "auto", None), ("model-k3", "model", 3), ("ngram", "ngram", None)]
+    assert B.parse_modes(["none,llama.cpp-spec"], llama_cpp_k=5)[1] == B.Mode("llama.cpp-spec-k5", "llama.cpp", 5)
+    assert B.parse_mode("llama.cpp-spec-k2").k == 2 and B.parse_mode("llama.cpp-spec-k2").external
+    for bad, needle in (("turbo", "unknown mode"), ("auto-k3", "auto chooses k"), ("plain-k2", "no draft length"), ("model-k0", "between 1 and 64")):
+        with pytest.raises(UsageError, match=needle):
+            B.parse_modes([bad])
+
+
+def test_run_order_rotates_the_first_mode_per_repeat():
+    order = B.run_order(n_prompts=2, n_modes=3, repeats=3)
+    got = [(r, f"p{p}", f"m{m}") for r, p, m in order]
+    assert got == documented_order(["p0", "p1"], ["m0", "m1", "m2"], 3)
+    assert got[:6] == [(0, "p0", "m0"), (0, "p0", "m1"), (0, "p0", "m2"), (0, "p1", "m0"), (0, "p1", "m1"), (0, "p1", "m2")]
+    assert got[6:9] == [(1, "p0", "m1"), (1, "p0", "m2"), (1, "p0", "m0")]
+
+
+def test_text_divergence_maps_to_the_reference_token():
+    pieces = [b"def", b" fib", b"(n", b"):\n", b"   ", b" return"]
+    assert B.text_divergence(pieces, b"def fib(n):\n    return") is None
+    assert B.text_divergence(pieces, b"def fib(n):") is None  # shorter: a prefix
+    assert B.text_divergence(pieces, b"def fib(n):\n    return n  # and more") is None  # longer: llama.cpp overshoots -n
+    assert B.text_divergence(pieces, b"def fib(m):") == 2
+    assert B.text_divergence(pieces, b"def fob") == 1
+    assert B.text_divergence([b"caf", b"\xc3", b"\xa9!"], b"caf\xc3") is None  # a token ending inside a character
+    assert B.text_divergence([b"caf", b"\xc3", b"\xa9!"], b"caf\xc3\xa8") == 2
+
+
+def test_first_divergence():
+    assert B.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert B.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert B.first_divergence([1, 2, 3], [1, 2]) == 2
+    assert B.first_divergence([1, 2, 3], [1, 2], prefix_only=True) is None
+
+
+# ----------------------------------------------------------------------------------- aggregation
+def _run(seq, prompt, cat, mode, tps, repeat=0, **kw):
+    r = B.Run(seq, repeat, prompt, cat, mode, None, prompt_tokens=10, prefill_tokens=9, generated_tokens=100,
+              prefill_s=0.1, decode_s=100 / tps, wall_s=100 / tps + 0.1, **kw)
+    return r
+
+
+def test_aggregate_geomean_per_category_and_overall():
+    prompts = [B.Prompt("a", "codegen", "x"), B.Prompt("b", "codegen", "y"), B.Prompt("c", "extract", "z")]
+    modes = [B.Mode("plain", "none", 0), B.Mode("ngram", "ngram")]
+    res = B.Result(prompts, modes, B.Settings())
+    runs = []
+    for i, (pid, cat, plain, ngram) in enumerate([("a", "codegen", 10, 5), ("b", "codegen", 10, 20), ("c", "extract", 10, 40)]):
+        p = _run(2 * i, pid, cat, "plain", plain, match="reference")
+        n = _run(2 * i + 1, pid, cat, "ngram", ngram, drafted=10, accepted=4, draft_steps=5, k_hist={0: 3, 2: 5}, match="exact")
+        n.speedup, p.speedup = ngram / plain, 1.0
+        runs += [p, n]
+    res.runs = runs
+    agg = R.aggregate(res)
+    ng = next(e for e in agg["summary"]["modes"] if e["mode"] == "ngram")
+    assert ng["speedup"]["geomean"] == pytest.approx((0.5 * 2 * 4) ** (1 / 3), rel=1e-3)
+    assert (ng["speedup"]["min"], ng["speedup"]["max"]) == (0.5, 4.0)
+    assert ng["by_category"]["codegen"]["geomean"] == pytest.approx(1.0, rel=1e-3)
+    assert ng["by_category"]["extract"] == {"geomean": 4.0, "min": 4.0, "max": 4.0, "n": 1}
+    assert ng["acceptance_rate"] == 0.4 and ng["mean_accepted_length"] == 0.8
+    assert ng["k_histogram"] == {"0": 9, "2": 15} and ng["matches"] == {"exact": 3, "near-tie": 0, "MISMATCH": 0}
+    assert ng["decode_tokens_per_s_median"] == 20.0
+    assert agg["summary"]["categories"] == ["codegen", "extract"]
+
+
+def test_geomean_ignores_missing_values():
+    assert R.geomean([2.0, 8.0, None]) == pytest.approx(4.0)
+    assert R.geomean([]) is None
+
+
+# ------------------------------------------------------------------------- in-process, tiny models
+def _bench(load, draft_name, modes, **settings):
+    target, draft = load("target", n_ctx=512), load(draft_name, n_ctx=512)
+    suite = B.parse_suite("".join(json.dumps(r) + "\n" for r in TINY_SUITE[:3]), "tiny")
+    kw = {"max_tokens": 24, "warmup": False, **settings}
+    b = B.Bench(target, draft, suite, B.parse_modes(modes), B.Settings(**kw))
+    b.prepare()
+    return b
+
+
+def test_self_draft_runs_are_cold_independent_and_exact(load, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
+    b = _bench(load, "self_draft", ["plain,model-k3,ngram,auto"], repeats=2)
+    res = b.run()
+    assert [(r.repeat, r.prompt_id, r.mode) for r in res.runs] == documented_order(
+        ["code-1", "chat-1", "edit-1"], ["plain", "model-k3", "ngram", "auto"], 2)
+    for r in res.runs:
+        assert r.prefill_tokens == r.prompt_tokens - 1  # nothing reused from the previous mode's KV cache
+        assert r.generated_tokens > 0 and r.decode_tps > 0 and r.peak_rss and r.peak_rss > 0
+        assert r.match == ("reference" if r.mode == "plain" else "exact"), (r.mode, r.first_diff, r.margin)
+        assert r.speedup is not None and r.speedup > 0
+    k3 = [r for r in res.runs if r.mode == "model-k3"]
+    assert sum(r.accepted for r in k3) == sum(r.drafted for r in k3) > 0  # the target drafting for itself
+    # plain is plain: no drafts, never the draft model
+    assert all(r.drafted == 0 and set(r.drafter_steps) == {"none"} for r in res.runs if r.mode == "plain")
+
+
+def test_divergence_is_classified_by_the_target_margin(load, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
+    b = _bench(load, "draft", ["plain,model-k2"])
+    plain = b._run_one(0, 0, 0, b.modes[0])
+    spec = b._run_one(1, 0, 0, b.modes[1])
+    i = 5
+    spec.tokens = plain.tokens[:i] + [(plain.tokens[i] + 1) % 200 + 3] + plain.tokens[i + 1:]
+    ctx = b.tokens[0] + plain.tokens[:i]
+    margin = B.top2_margin(b.target, ctx)
+    assert margin > 0
+    b.settings.near_tie = margin + 1.0
+    b._compare([plain, spec])
+    assert (spec.match, spec.first_diff, spec.margin) == ("near-tie", i, pytest.approx(margin, abs=1e-4))
+    b.settings.near_tie = margin / 2
+    b._compare([plain, spec])
+    assert spec.match == "MISMATCH"
+
+
+def test_sampling_runs_have_no_match_check(load, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
+    b = _bench(load, "draft", ["plain,model-k2"], sampling=SamplingParams(temperature=0.8), seed=3)
+    res = b.run()
+    assert all(r.match is None for r in res.runs)
+    assert all(r.speedup and r.speedup > 0 for r in res.runs)
+
+
+def test_bench_refuses_prompts_that_do_not_fit(load):
+    target = load("target", n_ctx=64)
+    suite = B.parse_suite(json.dumps({"id": "long", "category": "chat", "prompt": "x " * 80}) + "\n", "s")
+    with pytest.raises(Exception, match="prompt 'long'"):
+        B.Bench(target, None, suite, B.parse_modes(["plain"]), B.Settings(max_tokens=8))
+
+
+# ------------------------------------------------------------------------------------ the CLI
+def test_help_documents_the_order(cli_env):
+    proc = edgespec(["bench", "--help"], dict(cli_env, COLUMNS="200"))
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for flag in ("--prompts", "--category", "--modes", "--repeats", "--max-tokens", "--quick", "--temp", "--json",
+                 "--csv", "--plot", "--compare", "--llama-cpp-bin"):
+        assert flag in text
+    assert "starting at mode r mod M" in text and "wrapping around" in text
+
+
+def test_bench_end_to_end_on_tiny_models(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl")
+    out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--quick", "--repeats", "2",
+                     "--max-tokens", "16", "--json", out_json, "--csv", out_csv, "--details"], cli_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in ("plain", "model-k4", "auto", "speedup", "decode tok/s", "extract (1)", "all (3)"):
+        assert needle in proc.stdout, needle
+
+    doc = json.loads(out_json.read_text())
+    modes = ["plain", "model-k2", "model-k4", "model-k6", "ngram", "auto"]
+    assert doc["settings"]["modes"] == modes and doc["settings"]["repeats"] == 2 and doc["settings"]["greedy"]
+    assert [p["id"] for p in doc["prompts"]] == ["code-1", "edit-1", "extract-1"]
+    order = [(o["repeat"], o["prompt"], o["mode"]) for o in doc["run_order"]]
+    assert order == documented_order(["code-1", "edit-1", "extract-1"], modes, 2)
+    assert [(r["repeat"], r["prompt"], r["mode"]) for r in doc["runs"]] == order
+    assert [r["seq"] for r in doc["runs"]] == list(range(len(order)))
+
+    for key in ("cpu", "cores_logical", "ram_bytes", "gpu", "backend", "devices"):
+        assert key in doc["machine"]
+    assert doc["machine"]["cores_logical"] >= 1 and doc["machine"]["ram_bytes"] > 0
+    assert set(doc["versions"]) == {"edgespec", "llama_cpp", "numpy", "python"}
+    for role in ("target", "draft"):
+        m = doc["models"][role]
+        assert m["path"] == str(tiny[role]) and len(m["sha256"]) == 64 and m["sha256_source"] == "computed"
+    assert doc["warmup"]["modes"] == modes and doc["calibration"]["verify_s"]
+
+    for r in doc["runs"]:
+        assert r["prompt_tokens"] > 0 and r["prefill_tokens"] == r["prompt_tokens"] - 1
+        assert 0 < r["generated_tokens"] <= (12 if r["prompt"] == "extract-1" else 16)
+        assert r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0 and r["e2e_tokens_per_s"] > 0
+        assert 0.0 <= r["acceptance_rate"] <= 1.0 and 0 <= r["accepted"] <= r["drafted"]
+        assert r["speedup"] > 0 and r["peak_rss_bytes"] > 0
+        assert r["match"] in (("reference",) if r["mode"] == "plain" else ("exact", "near-tie")), r
+        assert sum(r["k_histogram"].values()) == r["target_passes"] == sum(r["drafter_steps"].values())
+        if r["mode"].startswith("model-k"):
+            assert r["drafted"] > 0 and max(int(k) for k in r["k_histogram"]) == int(r["mode"][7:])
+        if r["mode"] == "plain":
+            assert r["drafted"] == 0 and r["speedup"] == 1.0
+    for e in doc["results"]:
+        assert e["repeats"] == 2 and 0.0 <= e["acceptance_rate"] <= 1.0 and e["decode_tokens_per_s"] > 0
+    summary = {e["mode"]: e for e in doc["summary"]["modes"]}
+    assert set(summary) == set(modes)
+    for name, e in summary.items():
+        assert e["speedup"]["n"] == 3 and e["speedup"]["min"] <= e["speedup"]["geomean"] <= e["speedup"]["max"]
+        assert set(e["by_category"]) == {"codegen", "edit", "extract"}
+        if name != "plain":
+            assert sum(e["matches"].values()) == 6 and e["matches"]["MISMATCH"] == 0
+
+    with open(out_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(doc["runs"])
+    assert rows[1]["mode"] == "model-k2" and float(rows[1]["decode_tokens_per_s"]) > 0
+    assert rows[0]["target_sha256"] == doc["models"]["target"]["sha256"] and rows[0]["cpu"] == str(doc["machine"]["cpu"])
+
+
+def test_bad_suite_line_fails_with_one_line(tiny, cli_env, tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(TINY_SUITE[0]) + "\n" + '{"id": "b", "category": "chat", "prompt": 3}\n')
+    proc = edgespec(["bench", "-m", tiny["target"], "--prompts", path], cli_env)
+    assert_one_line_error(proc, f"{path}:2:", '"prompt" must be a non-empty string')
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--modes", "plain,warp"], ["unknown mode 'warp'"]),
+        (["--category", "poetry"], ["no prompts in category 'poetry'"]),
+        (["--compare", "vllm"], ["--compare takes llama-cpp"]),
+        (["--compare", "llama-cpp"], ["needs --llama-cpp-bin"]),
+        (["--compare", "llama-cpp", "--llama-cpp-bin", "/nonexistent/llama"], ["/nonexistent/llama does not exist"]),
+        (["--json", "/nonexistent/dir/out.json"], ["does not exist"]),
+    ],
+)
+def test_bad_options_fail_with_one_line(tiny, cli_env, tmp_path, args, needles):
+    suite = write_suite(tmp_path / "suite.jsonl")
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, *args], cli_env)
+    assert_one_line_error(proc, *needles)
+
+
+def test_model_modes_need_a_draft(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl")
+    proc = edgespec(["bench", "-m", tiny["target"], "--prompts", suite, "--modes", "plain,model-k2"], cli_env)
+    assert_one_line_error(proc, "model-k2 need a draft model")
+
+
+def test_compare_without_a_binary_in_the_directory(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl")
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--compare", "llama-cpp",
+                     "--llama-cpp-bin", tmp_path], cli_env)
+    assert_one_line_error(proc, f"no llama-speculative-simple in {tmp_path}")
+
+
+def test_plot(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl")
+    png = tmp_path / "speedup.png"
+    args = ["bench", "-m", tiny["target"], "--prompts", suite, "--modes", "plain,ngram", "--category", "edit",
+            "--category", "extract", "--max-tokens", "8", "--no-warmup", "--plot", png]
+    proc = edgespec(args, cli_env, timeout=300)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert_one_line_error(proc, "--plot needs matplotlib")
+        assert not png.exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------ llama.cpp compare
+SAMPLE_STDERR = """\
+build: 7070 (1c2d3e4) with cc (Debian 12.2.0-14) 12.2.0 for x86_64-linux-gnu
+llama_model_loader: loaded meta data with 26 key-value pairs and 339 tensors from qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+main: speculative decoding will use the draft model
+encoded  123 tokens in    0.812 seconds, speed:  151.478 t/s
+decoded   81 tokens in    4.104 seconds, speed:   19.737 t/s
+
+n_draft   = 4
+n_predict = 81
+n_drafted = 96
+n_accept  = 57
+accept    = 59.375%
+
+draft:
+
+llama_perf_context_print:        load time =     312.09 ms
+llama_perf_context_print: prompt eval time =     301.13 ms /   122 tokens (    2.47 ms per token,   405.14 tokens per second)
+llama_perf_context_print:        eval time =    1543.47 ms /    96 runs   (   16.08 ms per token,    62.20 tokens per second)
+
+target:
+
+common_perf_print:    sampling time =      12.13 ms
+common_perf_print:        load time =     801.34 ms
+common_perf_print:        eval time =    2398.01 ms /    57 runs   (   42.07 ms per token,    23.77 tokens per second)
+"""
+
+
+def test_parse_llama_cpp_output():
+    got = L.parse_output(SAMPLE_STDERR)
+    assert (got.encoded, got.t_encode, got.decoded, got.t_decode) == (123, 0.812, 81, 4.104)
+    assert (got.n_draft, got.n_predict, got.n_drafted, got.n_accept) == (4, 81, 96, 57)
+    assert got.decode_tps == pytest.approx(81 / 4.104)
+    # with log prefixes and timestamps (llama.cpp's --log-prefix --log-timestamps)
+    prefixed = "\n".join(f"0.01.234.567 I {ln}" for ln in SAMPLE_STDERR.splitlines())
+    assert L.parse_output(prefixed) == got
+    with pytest.raises(Exception, match="no 'decoded N tokens in X seconds' line"):
+        L.parse_output("main: error: failed to load model\n")
+
+
+def test_generated_text_follows_the_echoed_prompt():
+    prompt = "<|im_start|>user\nhé<|im_end|>\n<|im_start|>assistant\n"
+    echo = prompt.encode()
+    assert L.generated_text(b"\n\n" + echo + b"Hello there.\n\n\n\n", prompt) == b"Hello there."
+    assert L.generated_text(b"\n\n<s> " + echo + b"x\xe2\x9c", prompt) == b"x\xe2\x9c"  # cut inside a character
+    assert L.generated_text(b"nothing like it", prompt) is None
+
+
+FAKE = r'''#!{python}
+import json, os, sys
+args = sys.argv[1:]
+if "--help" in args:
+    print("----- speculative params -----\n--spec-draft-n-max N   number of tokens to draft (default: 16)")
+    sys.exit(0)
+if "--version" in args:
+    print("version: 7070 (1c2d3e4)", file=sys.stderr)
+    sys.exit(0)
+opt = lambda name: args[args.index(name) + 1]
+with open(opt("-f"), encoding="utf-8", newline="") as f:
+    prompt = f.read()
+if prompt.endswith("\n"):  # what llama.cpp's -f does
+    prompt = prompt[:-1]
+with open(os.environ["FAKE_SPEC_LOG"], "a", encoding="utf-8") as log:
+    log.write(json.dumps({{"argv": args, "prompt": prompt}}) + "\n")
+if os.environ.get("FAKE_SPEC_FAIL"):
+    print("error: invalid argument: --spec-draft-n-max", file=sys.stderr)
+    sys.exit(1)
+texts = json.loads(os.environ.get("FAKE_SPEC_TEXTS", "{{}}"))
+reply = bytes.fromhex(next((t for p, t in texts.items() if prompt.find(p) >= 0), b"hello".hex()))
+n = int(opt("-n"))
+sys.stdout.buffer.write(b"\n\n" + prompt.encode("utf-8") + reply + b"\n\n\n\n")
+sys.stdout.flush()
+sys.stderr.write("""{sample}""".replace(" 81 tokens", " %d tokens" % n))
+'''
+
+
+def fake_binary(tmp_path: Path) -> Path:
+    d = tmp_path / "llama-bin"
+    d.mkdir()
+    exe = d / "llama-speculative-simple"
+    exe.write_text(FAKE.format(python=sys.executable, sample=SAMPLE_STDERR))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return d
+
+
+def plain_replies(target_path: Path, rows, max_tokens: int) -> dict[str, str]:
+    """What plain greedy decoding says to each prompt, as hex bytes (the fake binary prints it, so the match
+    check can pass; random tiny models print invalid UTF-8 too)."""
+    from edgespec.engine import generate
+    from edgespec.llama import Model
+    from edgespec.runner import prompt_tokens
+
+    out = {}
+    with Model(target_path, n_ctx=512, n_threads=2) as m:
+        for row in rows:
+            toks = prompt_tokens(m, row["prompt"], system=row.get("system"))
+            gen = [t for s in generate(m, None, toks, k=0, max_tokens=max_tokens) for t in s.tokens]
+            out[row["prompt"]] = b"".join(m.piece(t) for t in gen).hex()
+    return out
+
+
+def test_compare_llama_cpp_with_a_stand_in_binary(tiny, cli_env, tmp_path):
+    rows = [TINY_SUITE[0], TINY_SUITE[4]]
+    suite = write_suite(tmp_path / "suite.jsonl", rows)
+    log = tmp_path / "calls.jsonl"
+    replies = plain_replies(tiny["target"], rows, 16)
+    second = bytes.fromhex(replies[rows[1]["prompt"]])
+    replies[rows[1]["prompt"]] = (second[:3] + bytes([second[3] ^ 0x01]) + second[4:]).hex()  # differs at byte 3
+    env = dict(cli_env, FAKE_SPEC_LOG=str(log), FAKE_SPEC_TEXTS=json.dumps(replies))
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--modes", "plain,model-k4",
+                     "--compare", "llama-cpp", "--llama-cpp-bin", fake_binary(tmp_path), "--max-tokens", "16",
+                     "--threads", "2", "--json", "-"], env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)  # --json -: JSON alone on stdout, the tables on stderr
+    assert "llama.cpp-spec-k4" in proc.stderr
+    assert doc["settings"]["modes"] == ["plain", "model-k4", "llama.cpp-spec-k4"]
+    assert doc["settings"]["llama_cpp"]["version"] == "7070 (1c2d3e4)"
+    runs = [r for r in doc["runs"] if r["mode"] == "llama.cpp-spec-k4"]
+    assert len(runs) == 2
+    for r in runs:
+        assert (r["prompt_tokens"], r["generated_tokens"], r["drafted"], r["accepted"]) == (123, 16, 96, 57)
+        assert r["decode_tokens_per_s"] == pytest.approx(16 / 4.104, rel=1e-3)
+        assert r["prefill_s"] == 0.812 and r["acceptance_rate"] == pytest.approx(57 / 96, abs=1e-4)
+        assert r["mean_accepted_length"] is None and r["peak_rss_bytes"] > 0
+    # the bytes after the echoed prompt, compared with plain decoding
+    assert runs[0]["match"] == "exact" and runs[0]["first_diff"] is None, runs[0]
+    assert runs[1]["match"] in ("MISMATCH", "near-tie") and runs[1]["first_diff"] <= 3 and runs[1]["margin"] is not None
+    summary = {e["mode"]: e for e in doc["summary"]["modes"]}
+    assert summary["llama.cpp-spec-k4"]["speedup"]["n"] == 2
+
+    calls = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert len(calls) == 2
+    for call, row in zip(calls, rows):
+        argv = call["argv"]
+        flag = lambda name: argv[argv.index(name) + 1]  # noqa: E731
+        assert flag("-m") == str(tiny["target"]) and flag("-md") == str(tiny["draft"])
+        assert flag("-n") == "16" and flag("--spec-draft-n-max") == "4" and flag("--spec-draft-n-min") == "0"
+        assert flag("--temp") == "0" and flag("-t") == "2" and flag("-c") == "4096" and flag("-ngl") == "0"
+        # the prompt file is the chat-template rendering, byte for byte after llama.cpp drops one newline
+        assert call["prompt"].startswith("<|im_start|>") and call["prompt"].endswith("<|im_start|>assistant\n")
+        assert row["prompt"] in call["prompt"]
+    assert "<|im_start|>system\nAnswer in JSON.<|im_end|>" in calls[1]["prompt"]
+
+
+def test_compare_llama_cpp_failure_is_one_line(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl", [TINY_SUITE[0]])
+    env = dict(cli_env, FAKE_SPEC_LOG=str(tmp_path / "calls.jsonl"), FAKE_SPEC_FAIL="1")
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--modes", "plain",
+                     "--compare", "llama-cpp", "--llama-cpp-bin", fake_binary(tmp_path), "--max-tokens", "8", "--no-warmup"], env, timeout=300)
+    assert_one_line_error(proc, "llama-speculative-simple failed (exit code 1)", "invalid argument: --spec-draft-n-max")
+
+
+def test_old_llama_cpp_flag_names(tmp_path):
+    exe = tmp_path / "llama-speculative-simple"
+    exe.write_text(f"#!{sys.executable}\nprint('--draft-max, --draft, --draft-n N   number of tokens to draft')\n")
+    exe.chmod(0o755)
+    runner = L.LlamaCpp(L.find_binary(tmp_path), ctx=512, threads=2)
+    cmd = runner.command("t.gguf", "d.gguf", "p.txt", k=6, max_tokens=32, seed=1)
+    assert cmd[cmd.index("--draft-max") + 1] == "6" and "--spec-draft-n-max" not in cmd
