@@ -411,7 +411,7 @@ class Session:
         except ValueError:
             k = -1
         if not 0 <= k <= K_LIMIT:
-            return Outcome(f"/k takes a number from 0 to {K_LIMIT}, or auto (now: {self._k_text()})", error=True)
+            return Outcome(f"/k takes a number from 0 to {K_LIMIT}, or auto (now: {self.k_text()})", error=True)
         self.gen.k, self._controller = k, None
         self.gen.k_max = max(self.gen.k_max, k)
         return Outcome(f"k {k}")
@@ -449,7 +449,7 @@ class Session:
             )
         else:
             lines.append("drafts: none")
-        lines.append(f"settings: mode {self.gen.mode}, k {self._k_text()}, temperature {self.gen.sampling.temperature:g}")
+        lines.append(f"settings: mode {self.gen.mode}, k {self.k_text()}, temperature {self.gen.sampling.temperature:g}")
         return Outcome("\n".join(lines))
 
     def stats_dict(self) -> dict:
@@ -462,7 +462,8 @@ class Session:
             "mode": self.gen.mode, "k": self.gen.k, "temperature": self.gen.sampling.temperature,
         }
 
-    def _k_text(self) -> str:
+    def k_text(self) -> str:
+        """The draft length setting as shown: a number, or auto."""
         return "auto" if self.gen.k is None else str(self.gen.k)
 
     # -------------------------------------------------------------- save/load

@@ -165,12 +165,13 @@ def _status(session, turn) -> str:
     parts = [f"{s.generated} tokens", f"{s.tokens_per_s:.1f} tok/s"]
     if s.drafted:
         k = f"k={turn.max_k}" if session.gen.k is not None else f"k≤{turn.max_k} (auto)"
+        drafters = "+".join(sorted(turn.drafters, key=turn.drafters.get, reverse=True))
         parts.append(
-            f"{turn.drafter} drafts {k}: {s.accepted}/{s.drafted} accepted ({100 * s.acceptance_rate:.0f}%), "
+            f"{drafters} drafts {k}: {s.accepted}/{s.drafted} accepted ({100 * s.acceptance_rate:.0f}%), "
             f"mean accepted length {s.mean_accepted:.2f}"
         )
     else:
-        parts.append(f"no drafts (mode {session.gen.mode}, k {session._k_text()})")
+        parts.append(f"no drafts (mode {session.gen.mode}, k {session.k_text()})")
     parts.append(f"prompt {s.prompt_tokens} new + {s.reused_tokens} cached")
     note = {"interrupted": "interrupted", "length": "cut at --max-tokens", "context": "context full"}.get(turn.finish or "")
     if note:
@@ -194,7 +195,7 @@ def _panel(session, n_gpu_layers: int) -> Panel:
     size = sum(os.path.getsize(m.path) for m in (t, d) if m is not None)
     grid.add_row("context", f"{session.n_ctx} tokens, {size / 1e6:.0f} MB of weights")
     sampling = "greedy" if gen.sampling.temperature <= 0 else f"temperature {gen.sampling.temperature:g}"
-    grid.add_row("drafting", f"mode {gen.mode}, k {session._k_text()}, {sampling}")
+    grid.add_row("drafting", f"mode {gen.mode}, k {session.k_text()}, {sampling}")
     if session.conv.system:
         grid.add_row("system", escape(_clip(session.conv.system, 60)))
     return Panel(grid, title="edgespec chat", subtitle="/help · Ctrl-D quits", title_align="left", expand=False, border_style="dim")
@@ -299,7 +300,7 @@ class _TerminalInput:
         parts: list[str] = []
         while True:
             try:
-                line = input(self.more if parts else self.prompt)
+                line = self._input(self.more if parts else self.prompt)
             except EOFError:
                 sys.stdout.write("\n")
                 return None
@@ -317,6 +318,14 @@ class _TerminalInput:
                 continue
             parts.append(text)
             return "\n".join(parts)
+
+    def _input(self, prompt: str) -> str:
+        if sys.stdout.isatty():
+            return input(prompt)
+        # stdout is a file: it gets the replies only, the prompt goes to the terminal through stderr.
+        sys.stderr.write(prompt.replace("\001", "").replace("\002", ""))
+        sys.stderr.flush()
+        return input()
 
     def _pending_lines(self) -> list[str]:
         lines: list[str] = []
