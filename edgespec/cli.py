@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from edgespec import __version__
 from edgespec.commands import bench, calibrate, chat, models, run
+from edgespec.commands import plan as plan_cmd
 from edgespec.commands.options import err
 from edgespec.errors import EdgespecError
 
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.command("run")(run.run)
 app.command("chat")(chat.chat)
 app.add_typer(models.app, name="models")
+app.command("plan")(plan_cmd.plan)
 app.command("calibrate")(calibrate.calibrate)
 app.command("bench")(bench.bench)
 
