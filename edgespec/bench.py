@@ -522,7 +522,9 @@ class Bench:
             if r.tokens is not None:
                 i = first_divergence(plain.tokens, r.tokens)
             elif r.raw is not None:  # llama.cpp: its bytes, up to where either reply ends (it may overshoot -n)
-                i = text_divergence([self.target.piece(t) for t in plain.tokens], r.raw)
+                from edgespec.bench_llamacpp import special_pieces  # printed as it prints them: <s>, <unk>, ...
+
+                i = text_divergence(special_pieces(self.target, plain.tokens), r.raw)
             else:
                 continue
             if i is None:

@@ -77,16 +77,36 @@ def parse_output(text: str) -> SpecOutput:
     )
 
 
-def generated_text(stdout: bytes, rendered_prompt: str) -> bytes | None:
-    """The reply's bytes: what follows the echoed prompt on stdout (None when the echo is not found).
+def generated_text(stdout: bytes, *echoes: bytes) -> bytes | None:
+    """The reply's bytes: what follows the echoed prompt on stdout (the first of `echoes` found), or None.
 
     Bytes, not text: a token may end inside a UTF-8 character, and llama.cpp prints it as it is.
     """
-    echo = rendered_prompt.encode("utf-8")
-    i = stdout.find(echo) if echo else -1
-    if i < 0:
-        return None
-    return stdout[i + len(echo):].rstrip(b"\n")
+    for echo in echoes:
+        i = stdout.find(echo) if echo else -1
+        if i >= 0:
+            return stdout[i + len(echo):].rstrip(b"\n")
+    return None
+
+
+def special_pieces(model, tokens) -> list[bytes]:
+    """Each token as llama.cpp's examples print it: special tokens as their text (<s>, <|im_start|>, ...)."""
+    import ctypes
+
+    import llama_cpp as lc
+
+    out = []
+    for t in tokens:
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_token_to_piece(model.vocab_ptr, int(t), buf, 256, 0, True)
+        out.append(buf.raw[: max(n, 0)])
+    return out
+
+
+def prompt_echo(model, tokens) -> bytes:
+    """What llama-speculative-simple prints for the prompt (for a SentencePiece vocabulary that is not the
+    rendered text: spaces may print as U+2581)."""
+    return b"".join(special_pieces(model, tokens))
 
 
 def find_binary(where: str | os.PathLike) -> Path:
@@ -161,6 +181,7 @@ class LlamaCpp:
         except ValueError as e:
             raise UsageError(f"--llama-cpp-args: {e}") from None
         self.timeout = timeout
+        self.spec_type: list[str] = []
         self.flags = self._detect_flags()
         self.last_command: list[str] = []
 
@@ -171,15 +192,18 @@ class LlamaCpp:
             raise EdgespecError(f"cannot run {self.binary}: {e.strerror or e}") from None
         except subprocess.TimeoutExpired:
             raise EdgespecError(f"{self.binary} --help did not finish in 60 s") from None
-        return NEW_FLAGS if NEW_FLAGS["n_max"] in out.decode("utf-8", "replace") + err else OLD_FLAGS
+        text = out.decode("utf-8", "replace") + err
+        # Builds with --spec-type need it spelled out: without it a plain draft model is not used at all.
+        self.spec_type = ["--spec-type", "draft-simple"] if "--spec-type" in text and "draft-simple" in text else []
+        return NEW_FLAGS if NEW_FLAGS["n_max"] in text else OLD_FLAGS
 
     def version(self) -> str | None:
         try:
             rc, out, err, _ = run_child([str(self.binary), "--version"], 60)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        m = re.search(r"version:\s*(\S+(?:\s*\([0-9a-f]+\))?)", out.decode("utf-8", "replace") + err)
-        return m.group(1) if m else None
+        m = re.search(r"version:\s*(.+)", out.decode("utf-8", "replace") + err)
+        return m.group(1).strip() if m else None
 
     def command(self, target: str, draft: str, prompt_file: str, k: int, max_tokens: int, seed: int) -> list[str]:
         sp = self.sampling
@@ -188,7 +212,7 @@ class LlamaCpp:
             str(self.binary), "-m", target, "-md", draft, "-f", prompt_file, "-n", str(max_tokens),
             "-c", str(self.ctx), "-t", str(self.threads), "-td", str(self.threads),
             "-ngl", gpu(self.ngl), "-ngld", gpu(self.ngld), "-s", str(seed),
-            self.flags["n_max"], str(k), self.flags["n_min"], "0", self.flags["p_min"], "0",
+            *self.spec_type, self.flags["n_max"], str(k), self.flags["n_min"], "0", self.flags["p_min"], "0",
         ]
         if sp.greedy:
             cmd += ["--temp", "0", "--top-k", "1"]
@@ -235,6 +259,6 @@ class LlamaCpp:
         run.draft_steps = run.target_passes = None  # not printed: mean accepted length and k histogram stay unknown
         run.peak_rss = rss
         run.finish = "length" if got.decoded >= max_tokens else "stop"
-        run.raw = generated_text(out, rendered)
+        run.raw = generated_text(out, prompt_echo(target, tokens), rendered.encode("utf-8"))
         run.text = None if run.raw is None else run.raw.decode("utf-8", "replace")
         run.tokens = None  # compared with plain decoding by bytes (edgespec.bench.text_divergence)

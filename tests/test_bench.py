@@ -398,7 +398,35 @@ common_perf_print:        eval time =    2398.01 ms /    57 runs   (   42.07 ms 
 """
 
 
+# Captured from llama-speculative-simple built from the llama.cpp that llama-cpp-python 0.3.36 vendors
+# (version 0.5.0-dev, commit 0c1e570), on the tiny models: its log lines carry a timestamp and a level.
+REAL_STDERR = """\
+0.00.028.562 I cmn          init: llama threadpool init, n_threads = 2
+0.00.111.713 I common_speculative_init_result: loading draft model 'draft.gguf'
+0.00.262.575 I encoded   67 tokens in    0.002 seconds, speed: 31753.555 t/s
+0.00.262.577 I decoded   20 tokens in    0.146 seconds, speed:  136.843 t/s
+0.00.262.587 I 
+0.00.262.588 I n_draft   = 4
+0.00.262.588 I n_predict = 20
+0.00.262.588 I n_drafted = 19
+0.00.262.589 I n_accept  = 14
+0.00.262.589 I accept    = 73.684%
+0.00.262.589 I 
+0.00.262.589 I draft:
+
+0.00.262.627 I 
+0.00.262.628 I target:
+
+0.00.262.630 I common_perf_print:    sampling time =       0.03 ms
+0.00.262.632 I common_perf_print: prompt eval time =       4.46 ms /    93 tokens (    0.05 ms per token, 20847.34 tokens per second)
+0.00.262.633 I common_perf_print:        eval time =       0.00 ms /     1 runs   (    0.00 ms per token,      inf tokens per second)
+"""
+
+
 def test_parse_llama_cpp_output():
+    real = L.parse_output(REAL_STDERR)
+    assert (real.encoded, real.t_encode, real.decoded, real.t_decode) == (67, 0.002, 20, 0.146)
+    assert (real.n_draft, real.n_predict, real.n_drafted, real.n_accept) == (4, 20, 19, 14)
     got = L.parse_output(SAMPLE_STDERR)
     assert (got.encoded, got.t_encode, got.decoded, got.t_decode) == (123, 0.812, 81, 4.104)
     assert (got.n_draft, got.n_predict, got.n_drafted, got.n_accept) == (4, 81, 96, 57)
@@ -413,16 +441,28 @@ def test_parse_llama_cpp_output():
 def test_generated_text_follows_the_echoed_prompt():
     prompt = "<|im_start|>user\nhé<|im_end|>\n<|im_start|>assistant\n"
     echo = prompt.encode()
-    assert L.generated_text(b"\n\n" + echo + b"Hello there.\n\n\n\n", prompt) == b"Hello there."
-    assert L.generated_text(b"\n\n<s> " + echo + b"x\xe2\x9c", prompt) == b"x\xe2\x9c"  # cut inside a character
-    assert L.generated_text(b"nothing like it", prompt) is None
+    assert L.generated_text(b"\n\n" + echo + b"Hello there.\n\n\n\n", echo) == b"Hello there."
+    assert L.generated_text(b"\n\n<s> " + echo + b"x\xe2\x9c", b"nope", echo) == b"x\xe2\x9c"  # cut inside a character
+    assert L.generated_text(b"nothing like it", echo) is None
+
+
+def test_prompt_echo_is_what_llama_cpp_prints(load):
+    from edgespec.runner import prompt_tokens
+
+    m = load("target")
+    toks = prompt_tokens(m, "def fib(n):")
+    echo = L.prompt_echo(m, toks)
+    # special tokens included (BOS prints as <s>); the byte-level tiny vocabulary prints spaces as U+2581
+    assert echo.startswith(b"<s>") and b"<|im_start|>user\n" in echo and echo.endswith(b"<|im_start|>assistant\n")
+    assert b"def\xe2\x96\x81fib(n):" in echo
 
 
 FAKE = r'''#!{python}
 import json, os, sys
 args = sys.argv[1:]
 if "--help" in args:
-    print("----- speculative params -----\n--spec-draft-n-max N   number of tokens to draft (default: 16)")
+    print("--spec-draft-n-max N   number of tokens to draft (default: 3)\n"
+          "--spec-type none,draft-simple,draft-eagle3,ngram-simple")
     sys.exit(0)
 if "--version" in args:
     print("version: 7070 (1c2d3e4)", file=sys.stderr)
@@ -507,6 +547,7 @@ def test_compare_llama_cpp_with_a_stand_in_binary(tiny, cli_env, tmp_path):
         flag = lambda name: argv[argv.index(name) + 1]  # noqa: E731
         assert flag("-m") == str(tiny["target"]) and flag("-md") == str(tiny["draft"])
         assert flag("-n") == "16" and flag("--spec-draft-n-max") == "4" and flag("--spec-draft-n-min") == "0"
+        assert flag("--spec-type") == "draft-simple" and flag("--spec-draft-p-min") == "0"
         assert flag("--temp") == "0" and flag("-t") == "2" and flag("-c") == "4096" and flag("-ngl") == "0"
         # the prompt file is the chat-template rendering, byte for byte after llama.cpp drops one newline
         assert call["prompt"].startswith("<|im_start|>") and call["prompt"].endswith("<|im_start|>assistant\n")
@@ -528,4 +569,19 @@ def test_old_llama_cpp_flag_names(tmp_path):
     exe.chmod(0o755)
     runner = L.LlamaCpp(L.find_binary(tmp_path), ctx=512, threads=2)
     cmd = runner.command("t.gguf", "d.gguf", "p.txt", k=6, max_tokens=32, seed=1)
-    assert cmd[cmd.index("--draft-max") + 1] == "6" and "--spec-draft-n-max" not in cmd
+    assert cmd[cmd.index("--draft-max") + 1] == "6" and "--spec-draft-n-max" not in cmd and "--spec-type" not in cmd
+
+
+@pytest.mark.skipif(not os.environ.get("EDGESPEC_LLAMA_CPP_BIN"), reason="set EDGESPEC_LLAMA_CPP_BIN to a directory with llama-speculative-simple")
+def test_compare_with_the_real_llama_cpp_binary(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl", TINY_SUITE[:2])
+    out = tmp_path / "b.json"
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--modes", "plain",
+                     "--compare", "llama-cpp", "--llama-cpp-bin", os.environ["EDGESPEC_LLAMA_CPP_BIN"],
+                     "--max-tokens", "24", "--no-warmup", "--json", out], cli_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    runs = [r for r in json.loads(out.read_text())["runs"] if r["mode"] == "llama.cpp-spec-k4"]
+    assert len(runs) == 2
+    for r in runs:
+        assert r["generated_tokens"] >= 24 and r["decode_tokens_per_s"] > 0 and 0 < r["accepted"] <= r["drafted"]
+        assert r["match"] in ("exact", "near-tie"), r  # same weights, greedy: llama.cpp says what plain decoding says
