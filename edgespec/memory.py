@@ -684,6 +684,7 @@ def plan(
             vram_budget = 0
     vram_budget = max(0, int(vram_budget))
     notes: list[str] = []
+    same_file = dinfo is not None and Path(tinfo.path).resolve() == Path(dinfo.path).resolve()
 
     # contexts to try, largest first
     train = [c for c in (tinfo.context_length, dinfo.context_length if dinfo else None) if c]
@@ -709,6 +710,8 @@ def plan(
         gpu = bool(system.gpus)  # without a GPU llama.cpp ignores n_gpu_layers
         te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, **kw)
         de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, **kw) if dinfo else None
+        if de is not None and mmap and same_file:
+            de.weights = 0  # one file mapped twice: the page cache holds it once
         return Plan(
             target=str(tinfo.path), draft=str(dinfo.path) if dinfo else None, n_ctx=ctx, type_k=kv, type_v=kv,
             n_gpu_layers=t_ngl, draft_gpu_layers=d_ngl, use_mmap=mmap, use_mlock=False, n_ubatch=n_ubatch,

@@ -258,6 +258,15 @@ def test_unified_memory_offloads_everything(synth):
     assert p.target_estimate.compute >= 512 * 32000 * 4  # GPU buffers live in system RAM
 
 
+def test_a_model_as_its_own_draft_is_mapped_once(synth):
+    t = synth["target"]
+    alone = memory.plan(t, n_ctx=4096, kv_type="f16", system=ram(32), cpu=NO_REPACK)
+    self_pair = memory.plan(t, t, n_ctx=4096, kv_type="f16", system=ram(32), cpu=NO_REPACK)
+    assert self_pair.draft_estimate.weights == 0 and self_pair.ram - alone.ram == self_pair.draft_estimate.ram
+    unmapped = memory.plan(t, t, n_ctx=4096, kv_type="f16", use_mmap=False, system=ram(32), cpu=NO_REPACK)
+    assert unmapped.draft_estimate.weights == t.tensor_bytes
+
+
 def test_user_layers_without_a_gpu(synth):
     p = memory.plan(synth["target"], n_gpu_layers=10, system=ram(32), cpu=NO_REPACK)
     assert p.n_gpu_layers == 10 and p.vram == 0 and any("no GPU" in n for n in p.notes)
