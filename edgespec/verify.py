@@ -60,11 +60,13 @@ class SamplingParams:
 # Reference implementations (the specification of the native kernels)
 
 
-def _check_array(name: str, a: np.ndarray, dtype: type, ndim: int) -> None:
+def _check_array(name: str, a: np.ndarray, dtype: type, ndim: int, writable: bool = False) -> None:
     """Mirror the native binding's strictness so code tested without the extension behaves the same."""
-    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous:
-        got = f"{a.dtype}, ndim={a.ndim}, contiguous={a.flags.c_contiguous}" if isinstance(a, np.ndarray) else type(a).__name__
-        raise TypeError(f"{name} must be a C-contiguous {ndim}-d {np.dtype(dtype).name} array, got {got}")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous or (writable and not a.flags.writeable):
+        want = f"a {'writable ' if writable else ''}C-contiguous {ndim}-d {np.dtype(dtype).name} array"
+        raise TypeError(f"{name} must be {want}, got {a.dtype}, ndim={a.ndim}, contiguous={a.flags.c_contiguous}")
 
 
 def _check_params(temperature: float, top_k: int, top_p: float, min_p: float) -> None:
@@ -131,7 +133,7 @@ def reference_probs_from_logits(
 ) -> None:
     """Write each row's sampling distribution (top_k, top_p, min_p, then temperature) into out."""
     _check_array("logits", logits, np.float32, 2)
-    _check_array("out", out, np.float32, 2)
+    _check_array("out", out, np.float32, 2, writable=True)
     if out.shape != logits.shape:
         raise ValueError("out must have the shape of logits")
     if np.shares_memory(out, logits):
@@ -182,9 +184,10 @@ def reference_sample_accept(
     """Speculative rejection sampling; returns (n_accepted, token).
 
     draft_probs[i] is the draft's distribution (same transform and params) that draft[i] was sampled
-    from; uniforms[i] decides acceptance of draft[i] and uniforms[k] drives the final sample. scratch
-    ([k+1, n_vocab] float32, optional): on return rows 0..n_accepted hold the target distributions
-    p_i, other rows are clobbered; None uses an internal buffer.
+    from; uniforms[i] decides acceptance of draft[i] and uniforms[k] drives the final sample.
+    scratch: None, or a float32 workspace of shape [rows >= 2, n_vocab] (e.g. [k+1, n_vocab] for
+    k >= 1) that the native kernel uses instead of its thread-local buffer; contents unspecified
+    on return. The reference only validates it.
     """
     k = _check_verify_shapes(target_logits, draft)
     n = target_logits.shape[1]
@@ -196,16 +199,14 @@ def reference_sample_accept(
         raise ValueError("uniforms must have k+1 entries")
     if np.any((uniforms < 0.0) | (uniforms >= 1.0)):
         raise ValueError("uniforms must be in [0, 1)")
-    if scratch is None:
-        scratch = np.empty((k + 1, n), dtype=np.float32)
-    else:
-        _check_array("scratch", scratch, np.float32, 2)
-        if scratch.shape != (k + 1, n):
-            raise ValueError("scratch must have shape [k+1, n_vocab]")
+    if scratch is not None:
+        _check_array("scratch", scratch, np.float32, 2, writable=True)
+        if scratch.shape[0] < 2 or scratch.shape[1] != n:
+            raise ValueError("scratch must have shape [rows >= 2, n_vocab]")
     _check_params(temperature, top_k, top_p, min_p)
 
+    p = np.empty(n, dtype=np.float32)
     for i in range(k):  # rows are transformed lazily: a rejection at i leaves i+1..k untouched
-        p = scratch[i]
         _probs_row(target_logits[i], p, temperature, top_k, top_p, min_p)
         x = int(draft[i])
         q = draft_probs[i]
@@ -213,8 +214,8 @@ def reference_sample_accept(
             continue
         r = np.maximum(p - q, np.float32(0.0))  # rejected: resample from the residual ...
         return i, reference_sample_token(r if np.any(r > 0.0) else p, float(uniforms[k]))  # ... or p if p == q
-    _probs_row(target_logits[k], scratch[k], temperature, top_k, top_p, min_p)
-    return k, reference_sample_token(scratch[k], float(uniforms[k]))
+    _probs_row(target_logits[k], p, temperature, top_k, top_p, min_p)
+    return k, reference_sample_token(p, float(uniforms[k]))
 
 
 # --------------------------------------------------------------------------------------------------
