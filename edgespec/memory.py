@@ -32,14 +32,12 @@ Test tests/test_memory.py::test_estimate_matches_peak_rss loads the real models 
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from edgespec import gguf_info
 from edgespec.errors import EdgespecError, UsageError
