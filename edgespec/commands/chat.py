@@ -192,13 +192,31 @@ def _panel(session, n_gpu_layers: int) -> Panel:
     gpu = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
     backend = f"GPU offload ({'all' if n_gpu_layers < 0 else n_gpu_layers} layers)" if gpu else "CPU"
     grid.add_row("backend", f"{backend}, {t.n_threads} threads")
-    size = sum(os.path.getsize(m.path) for m in (t, d) if m is not None)
-    grid.add_row("context", f"{session.n_ctx} tokens, {size / 1e6:.0f} MB of weights")
+    grid.add_row("context", f"{session.n_ctx} tokens")
+    grid.add_row("memory", _memory_line(session, n_gpu_layers))
     sampling = "greedy" if gen.sampling.temperature <= 0 else f"temperature {gen.sampling.temperature:g}"
     grid.add_row("drafting", f"mode {gen.mode}, k {session.k_text()}, {sampling}")
     if session.conv.system:
         grid.add_row("system", escape(_clip(session.conv.system, 60)))
     return Panel(grid, title="edgespec chat", subtitle="/help · Ctrl-D quits", title_align="left", expand=False, border_style="dim")
+
+
+def _memory_line(session, n_gpu_layers: int) -> str:
+    """The memory plan for what is loaded: weights, KV cache and compute buffers, against what is free."""
+    models = [m for m in (session.target, session.draft) if m is not None]
+    try:
+        from edgespec import gguf_info, memory
+
+        est = [memory.estimate_model(gguf_info.read(m.path), n_ctx=session.n_ctx, n_gpu_layers=ngl)
+               for m, ngl in zip(models, (n_gpu_layers, 0))]
+        if len(models) == 2 and models[0].path == models[1].path:
+            est[1].weights = 0  # one file used as its own draft is mapped once
+        ram, kv, vram = sum(e.ram for e in est), sum(e.kv for e in est), sum(e.vram for e in est)
+        line = f"{memory.fmt_bytes(ram)} RAM (KV cache {memory.fmt_bytes(kv)})"
+        line += f" + {memory.fmt_bytes(vram)} GPU" if vram else ""
+        return line + f", {memory.fmt_bytes(memory.system_memory().available)} available"
+    except Exception:  # the panel is informative only: never fail the start for it
+        return f"{sum(os.path.getsize(m.path) for m in models) / 1e6:.0f} MB of weights"
 
 
 def _clip(s: str, n: int) -> str:
