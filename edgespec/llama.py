@@ -116,6 +116,10 @@ class Model:
         n_gpu_layers: int = 0,
         n_batch: int = 512,
         use_mmap: bool = True,
+        use_mlock: bool = False,
+        type_k: int | None = None,
+        type_v: int | None = None,
+        flash_attn: bool | None = None,
     ):
         self.path = check_gguf(path)
         _ensure_backend()
@@ -124,7 +128,9 @@ class Model:
 
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = int(n_gpu_layers)
-        if not use_mmap:
+        if use_mlock:
+            mparams.load_mode = lc.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mmap else lc.LLAMA_LOAD_MODE_MLOCK
+        elif not use_mmap:
             mparams.load_mode = lc.LLAMA_LOAD_MODE_NONE
         _log_lines.clear()
         model = lc.llama_model_load_from_file(str(self.path).encode("utf-8"), mparams)
@@ -145,6 +151,12 @@ class Model:
         cparams.n_batch = cparams.n_ubatch = int(n_batch)
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.no_perf = True
+        if type_k is not None:
+            cparams.type_k = int(type_k)
+        if type_v is not None:
+            cparams.type_v = int(type_v)
+        if flash_attn is not None:  # a quantised V cache needs flash attention
+            cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_AUTO
         ctx = lc.llama_init_from_model(model, cparams)
         if not ctx:
             reason = _last_llama_error()
@@ -161,6 +173,7 @@ class Model:
         self.n_threads = threads
         self.n_gpu_layers = int(n_gpu_layers)
         self.tokens: list[int] = []  # what the KV cache holds, position by position
+        self.plan = None  # the memory plan it was loaded with (edgespec.memory.Plan), when there was one
 
         # One reusable batch; numpy views over its arrays make filling it cheap.
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)

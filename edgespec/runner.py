@@ -17,10 +17,15 @@ from edgespec.verify import SamplingParams
 
 @dataclass
 class LoadOptions:
-    n_ctx: int = 4096
+    """How to load the pair. None leaves the choice to the memory planner (edgespec.memory.plan)."""
+
+    n_ctx: int | None = None
     n_threads: int | None = None
-    n_gpu_layers: int = 0
-    draft_gpu_layers: int = 0
+    n_gpu_layers: int | None = None
+    draft_gpu_layers: int | None = None
+    kv_type: str | None = None
+    budget: str | None = None  # "6GB", "75%"
+    use_mlock: bool | None = None
 
 
 @dataclass
@@ -30,7 +35,7 @@ class GenOptions:
 
     mode: str = "auto"
     k: int | None = None
-    k_max: int = 8
+    k_max: int = 16
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = 256
     seed: int | None = None
@@ -48,15 +53,33 @@ class Reply:
 
 
 def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -> tuple[Model, Model | None]:
-    """Load target and (optional) draft; both files are checked before the slow loads start."""
+    """Plan memory, then load target and (optional) draft.
+
+    Both files are checked and the plan is made before the slow loads start, so a pair that cannot
+    fit fails in one line without loading anything. The plan is kept on the target as `.plan`.
+    """
+    from edgespec import memory
+
     check_gguf(target)
     if draft is not None:
         check_gguf(draft)
-    t = Model(target, n_ctx=opts.n_ctx, n_threads=opts.n_threads, n_gpu_layers=opts.n_gpu_layers)
+    if opts.kv_type is not None and opts.kv_type not in memory.KV_TYPES:
+        raise UsageError(f"unknown --kv-type {opts.kv_type!r}", f"use one of {', '.join(memory.KV_TYPES)}")
+    budget = memory.parse_size(opts.budget, total=memory.system_memory().total) if opts.budget else None
+    plan = memory.plan(
+        target, draft, n_ctx=opts.n_ctx, budget=budget, kv_type=opts.kv_type,
+        n_gpu_layers=opts.n_gpu_layers, draft_gpu_layers=opts.draft_gpu_layers, use_mlock=opts.use_mlock,
+    )
+    common = dict(
+        n_ctx=plan.n_ctx, n_threads=opts.n_threads, n_batch=plan.n_ubatch, use_mmap=plan.use_mmap,
+        use_mlock=plan.use_mlock, type_k=plan.ggml_type_k, type_v=plan.ggml_type_v, flash_attn=plan.flash_attn,
+    )
+    t = Model(target, n_gpu_layers=plan.n_gpu_layers, **common)
+    t.plan = plan
     if draft is None:
         return t, None
     try:
-        d = Model(draft, n_ctx=opts.n_ctx, n_threads=opts.n_threads, n_gpu_layers=opts.draft_gpu_layers)
+        d = Model(draft, n_gpu_layers=plan.draft_gpu_layers, **common)
     except BaseException:
         t.close()
         raise

@@ -121,10 +121,10 @@ def test_ctrl_c_mid_generation_keeps_the_partial_reply(tiny, cli_env):
 def test_ctrl_c_with_json_still_prints_the_partial_result(tiny, cli_env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgespec", "run", "-m", str(tiny["target"]), "--ctx", "100000", "--max-tokens", "90000",
-         "--ignore-eos", "--json", "--raw", "Go on"],
+         "--ignore-eos", "--draft-mode", "none", "--json", "--raw", "Go on"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    time.sleep(4)
+    time.sleep(8)  # nothing streams in --json mode: give start-up time on a loaded machine
     proc.send_signal(signal.SIGINT)
     out, errs = proc.communicate(timeout=30)
     assert proc.returncode == 130, errs.decode()

