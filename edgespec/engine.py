@@ -169,7 +169,7 @@ def generate(
     t0 = time.perf_counter()
     target.advance_to(history[:-1])
     t1 = time.perf_counter()
-    if "model" in drafters:
+    if "model" in drafters and ctl.might_use_model():
         draft.advance_to(history[:-1])
     yield Step([], "prefill", prefill=len(history) - 1 - reused, reused=reused, t_verify=t1 - t0, t_draft=time.perf_counter() - t1)
 
@@ -184,7 +184,13 @@ def generate(
         t0 = time.perf_counter()
         n_gram, conf = drafters["ngram"].peek(history, limit) if ctl.mode in ("auto", "ngram") else (0, 0.0)
         choice = ctl.choose(n_gram, conf, limit)
-        d = Draft()
+        d, catch_up = Draft(), 0.0
+        if choice.drafter == "model" and len(history) - len(draft.tokens) > 2:
+            # The draft model sat out earlier steps: bring its cache up to date, timed apart so the
+            # controller's per-token draft cost is not inflated by it.
+            tc = time.perf_counter()
+            draft.advance_to(history[:-1])
+            catch_up = time.perf_counter() - tc
         if choice.k > 0:
             d = drafters[choice.drafter].propose(history, choice.k, sampling, rng, q, ctl.keep_going(choice.drafter))
         drafts = np.asarray(d.tokens, dtype=np.int32)
@@ -205,7 +211,7 @@ def generate(
         if "model" in drafters:
             drafters["model"].rollback(len(history) + n_acc)
         t2 = time.perf_counter()
-        ctl.update(choice.drafter, d.confidence, n_acc, t1 - t0, t2 - t1)
+        ctl.update(choice.drafter, d.confidence, n_acc, t1 - t0 - catch_up, t2 - t1)
 
         finish = None
         for i, t in enumerate(new):

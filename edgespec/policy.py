@@ -134,6 +134,16 @@ class Controller:
         self.warned = False
 
     # ------------------------------------------------------------------ choosing
+    def might_use_model(self) -> bool:
+        """Whether the draft model can be chosen at all (else its prefill is wasted work)."""
+        if not self.has_model or self.mode not in ("auto", "model"):
+            return False
+        if self.mode == "model" or self.k_fixed is not None:
+            return True
+        # auto: worth preparing only if it could beat plain decoding at the acceptance it has shown
+        return self.costs.draft_token is not None and self._best_k("model", [self.model_rate] * self.k_max, self.costs.draft_token)[0] \
+            >= (1 + self.margin) / self.costs.verify_cost(1)
+
     def choose(self, ngram_len: int = 0, ngram_conf: float = 0.0, k_limit: int | None = None) -> Choice:
         """ngram_len: tokens the n-gram lookup could propose now (0: no match); k_limit: room left."""
         k_max = min(self.k_max, k_limit) if k_limit is not None else self.k_max
