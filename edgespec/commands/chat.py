@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgespec.commands.options import (
-    CtxOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
+    BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err,
 )
 from edgespec.errors import ContextOverflowError, EdgespecError, UsageError
@@ -52,10 +52,12 @@ def chat(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end a reply at an end-of-generation token (for benchmarks).")] = False,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", show_default=False)] = None,
     show_draft: Annotated[bool, typer.Option("--show-draft", help="Colour the text that came from accepted drafts.")] = False,
-    ctx: CtxOpt = 4096,
+    ctx: CtxOpt = None,
+    kv_type: KvTypeOpt = None,
+    budget: BudgetOpt = None,
     threads: ThreadsOpt = None,
-    n_gpu_layers: NglOpt = 0,
-    draft_gpu_layers: DraftNglOpt = 0,
+    n_gpu_layers: NglOpt = None,
+    draft_gpu_layers: DraftNglOpt = None,
 ) -> None:
     """Chat with a model; replies stream as they are generated.
 
@@ -85,14 +87,16 @@ def chat(
         mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed,
         stop=tuple(stop or ()), ignore_eos=ignore_eos,
     )
-    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
+    load = runner.LoadOptions(
+        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
+    )
     names = models.target.name + (f" and {models.draft.name}" if models.draft else "")
     with err.status(f"loading {escape(names)}", spinner="dots"):
         tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
     code = 0
     try:
         session = Session(tmodel, dmodel, gen, system=system, on_calibrate=_calibrating)
-        err.print(_panel(session, n_gpu_layers))
+        err.print(_panel(session))
         with err.status("getting ready", spinner="dots"):
             session.controller()  # may measure this machine's costs: now, not in the first reply
         interactive = sys.stdin.isatty()
@@ -179,7 +183,7 @@ def _status(session, turn) -> str:
     return " · ".join(parts)
 
 
-def _panel(session, n_gpu_layers: int) -> Panel:
+def _panel(session) -> Panel:
     """What was loaded, in a few lines."""
     import llama_cpp
 
@@ -189,11 +193,12 @@ def _panel(session, n_gpu_layers: int) -> Panel:
     grid.add_column()
     grid.add_row("target", f"{escape(t.path.name)} [dim]({escape(t.describe())})[/]")
     grid.add_row("draft", f"{escape(d.path.name)} [dim]({escape(d.describe())})[/]" if d else "[dim]none (n-gram lookup only)[/]")
-    gpu = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
-    backend = f"GPU offload ({'all' if n_gpu_layers < 0 else n_gpu_layers} layers)" if gpu else "CPU"
+    ngl = t.n_gpu_layers
+    gpu = ngl != 0 and llama_cpp.llama_supports_gpu_offload()
+    backend = f"GPU offload ({'all' if ngl < 0 else ngl} target layers)" if gpu else "CPU"
     grid.add_row("backend", f"{backend}, {t.n_threads} threads")
     grid.add_row("context", f"{session.n_ctx} tokens")
-    grid.add_row("memory", _memory_line(session, n_gpu_layers))
+    grid.add_row("memory", _memory_line(session))
     sampling = "greedy" if gen.sampling.temperature <= 0 else f"temperature {gen.sampling.temperature:g}"
     grid.add_row("drafting", f"mode {gen.mode}, k {session.k_text()}, {sampling}")
     if session.conv.system:
@@ -201,22 +206,16 @@ def _panel(session, n_gpu_layers: int) -> Panel:
     return Panel(grid, title="edgespec chat", subtitle="/help · Ctrl-D quits", title_align="left", expand=False, border_style="dim")
 
 
-def _memory_line(session, n_gpu_layers: int) -> str:
-    """The memory plan for what is loaded: weights, KV cache and compute buffers, against what is free."""
-    models = [m for m in (session.target, session.draft) if m is not None]
-    try:
-        from edgespec import gguf_info, memory
+def _memory_line(session) -> str:
+    """The memory plan the pair was loaded with: what it needs against what is free."""
+    from edgespec import memory
 
-        est = [memory.estimate_model(gguf_info.read(m.path), n_ctx=session.n_ctx, n_gpu_layers=ngl)
-               for m, ngl in zip(models, (n_gpu_layers, 0))]
-        if len(models) == 2 and models[0].path == models[1].path:
-            est[1].weights = 0  # one file used as its own draft is mapped once
-        ram, kv, vram = sum(e.ram for e in est), sum(e.kv for e in est), sum(e.vram for e in est)
-        line = f"{memory.fmt_bytes(ram)} RAM (KV cache {memory.fmt_bytes(kv)})"
-        line += f" + {memory.fmt_bytes(vram)} GPU" if vram else ""
-        return line + f", {memory.fmt_bytes(memory.system_memory().available)} available"
-    except Exception:  # the panel is informative only: never fail the start for it
-        return f"{sum(os.path.getsize(m.path) for m in models) / 1e6:.0f} MB of weights"
+    p = session.target.plan
+    if p is None:
+        return "not planned"
+    line = f"{memory.fmt_bytes(p.ram)} RAM, KV cache {p.type_k}"
+    line += f" + {memory.fmt_bytes(p.vram)} GPU" if p.vram else ""
+    return line + f", {memory.fmt_bytes(p.system.available)} available"
 
 
 def _clip(s: str, n: int) -> str:
