@@ -112,7 +112,7 @@ def prompt_echo(model, tokens) -> bytes:
 def find_binary(where: str | os.PathLike) -> Path:
     """`where` is the binary itself or a directory holding it (or holding bin/ with it)."""
     p = Path(where).expanduser()
-    hint = f"build it with scripts/build_llama_cpp_tools.sh DIR, or point --llama-cpp-bin at llama.cpp's build/bin"
+    hint = "build it with scripts/build_llama_cpp_tools.sh DIR, or point --llama-cpp-bin at llama.cpp's build/bin"
     if not p.exists():
         raise UsageError(f"--llama-cpp-bin: {p} does not exist", hint)
     if p.is_file():

@@ -280,11 +280,14 @@ def model_info(path: Path | None) -> dict | None:
 
 # ------------------------------------------------------------------------------------- documents
 def document(result: Result, *, machine: dict, models: dict, extra: dict | None = None) -> dict:
+    from edgespec.bench import process_peak_rss
+
     agg = aggregate(result)
     s = result.settings
     return {
         "edgespec_bench": SCHEMA,
         "started": result.started, "wall_s": round(result.wall_s, 3), "interrupted": result.interrupted,
+        "process_peak_rss_bytes": process_peak_rss(),
         "settings": {
             "modes": [m.name for m in result.modes], "repeats": s.repeats, "max_tokens": s.max_tokens,
             "greedy": s.sampling.greedy, "temperature": s.sampling.temperature, "top_k": s.sampling.top_k,
