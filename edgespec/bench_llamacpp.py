@@ -164,16 +164,41 @@ def run_child(cmd: list[str], timeout: float) -> tuple[int, bytes, str, int | No
         return proc.returncode, out.read(), err.read().decode("utf-8", "replace"), rss
 
 
+@dataclass
+class Load:
+    """How edgespec loaded the pair, to be repeated on llama.cpp's command line."""
+
+    n_ctx: int
+    threads: int
+    n_gpu_layers: int = 0
+    draft_gpu_layers: int = 0
+    n_batch: int | None = None
+    type_k: str = "f16"
+    type_v: str = "f16"
+    use_mmap: bool = True
+    use_mlock: bool = False
+
+    @classmethod
+    def of(cls, target, draft) -> "Load":
+        """From the loaded models and the memory plan they were loaded with (runner.load_pair keeps it as .plan)."""
+        plan = getattr(target, "plan", None)
+        load = cls(n_ctx=target.n_ctx, threads=target.n_threads, n_gpu_layers=target.n_gpu_layers,
+                   draft_gpu_layers=draft.n_gpu_layers if draft is not None else 0, n_batch=target.n_batch)
+        if plan is not None:
+            load.type_k, load.type_v = plan.type_k, plan.type_v
+            load.use_mmap, load.use_mlock = plan.use_mmap, plan.use_mlock
+        return load
+
+
 class LlamaCpp:
     """Runs llama-speculative-simple for a bench mode row."""
 
-    def __init__(self, binary: Path, *, ctx: int, threads: int, n_gpu_layers: int = 0, draft_gpu_layers: int = 0,
-                 sampling=None, ignore_eos: bool = False, extra_args: str = "", timeout: float = RUN_TIMEOUT_S):
+    def __init__(self, binary: Path, load: Load, *, sampling=None, ignore_eos: bool = False, extra_args: str = "",
+                 timeout: float = RUN_TIMEOUT_S):
         from edgespec.verify import SamplingParams
 
         self.binary = binary
-        self.ctx, self.threads = ctx, threads
-        self.ngl, self.ngld = n_gpu_layers, draft_gpu_layers
+        self.load = load
         self.sampling = sampling or SamplingParams()
         self.ignore_eos = ignore_eos
         try:
@@ -182,6 +207,7 @@ class LlamaCpp:
             raise UsageError(f"--llama-cpp-args: {e}") from None
         self.timeout = timeout
         self.spec_type: list[str] = []
+        self.help = ""
         self.flags = self._detect_flags()
         self.last_command: list[str] = []
 
@@ -192,7 +218,7 @@ class LlamaCpp:
             raise EdgespecError(f"cannot run {self.binary}: {e.strerror or e}") from None
         except subprocess.TimeoutExpired:
             raise EdgespecError(f"{self.binary} --help did not finish in 60 s") from None
-        text = out.decode("utf-8", "replace") + err
+        text = self.help = out.decode("utf-8", "replace") + err
         # Builds with --spec-type need it spelled out: without it a plain draft model is not used at all.
         self.spec_type = ["--spec-type", "draft-simple"] if "--spec-type" in text and "draft-simple" in text else []
         return NEW_FLAGS if NEW_FLAGS["n_max"] in text else OLD_FLAGS
@@ -206,14 +232,26 @@ class LlamaCpp:
         return m.group(1).strip() if m else None
 
     def command(self, target: str, draft: str, prompt_file: str, k: int, max_tokens: int, seed: int) -> list[str]:
-        sp = self.sampling
+        sp, ld = self.sampling, self.load
         gpu = lambda n: str(999 if n < 0 else n)  # noqa: E731  (edgespec's -1 means all layers)
         cmd = [
             str(self.binary), "-m", target, "-md", draft, "-f", prompt_file, "-n", str(max_tokens),
-            "-c", str(self.ctx), "-t", str(self.threads), "-td", str(self.threads),
-            "-ngl", gpu(self.ngl), "-ngld", gpu(self.ngld), "-s", str(seed),
+            "-c", str(ld.n_ctx), "-t", str(ld.threads), "-td", str(ld.threads),
+            "-ngl", gpu(ld.n_gpu_layers), "-ngld", gpu(ld.draft_gpu_layers), "-s", str(seed),
             *self.spec_type, self.flags["n_max"], str(k), self.flags["n_min"], "0", self.flags["p_min"], "0",
         ]
+        if ld.n_batch:
+            cmd += ["-b", str(ld.n_batch), "-ub", str(ld.n_batch)]
+        if (ld.type_k, ld.type_v) != ("f16", "f16"):  # the memory planner chose a quantised KV cache
+            cmd += ["-ctk", ld.type_k, "-ctv", ld.type_v]
+            if "--cache-type-k-draft" in self.help:
+                cmd += ["-ctkd", ld.type_k, "-ctvd", ld.type_v]
+            if ld.type_v != "f16":  # a quantised V cache needs flash attention
+                cmd += ["-fa", "on"] if "[on|off|auto]" in self.help else ["-fa"]
+        if not ld.use_mmap:
+            cmd.append("--no-mmap")
+        if ld.use_mlock:
+            cmd.append("--mlock")
         if sp.greedy:
             cmd += ["--temp", "0", "--top-k", "1"]
         else:

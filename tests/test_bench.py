@@ -549,7 +549,8 @@ def test_compare_llama_cpp_with_a_stand_in_binary(tiny, cli_env, tmp_path):
         assert flag("-m") == str(tiny["target"]) and flag("-md") == str(tiny["draft"])
         assert flag("-n") == "16" and flag("--spec-draft-n-max") == "4" and flag("--spec-draft-n-min") == "0"
         assert flag("--spec-type") == "draft-simple" and flag("--spec-draft-p-min") == "0"
-        assert flag("--temp") == "0" and flag("-t") == "2" and flag("-c") == "4096" and flag("-ngl") == "0"
+        assert flag("--temp") == "0" and flag("-t") == "2" and flag("-ngl") == "0" and flag("-ngld") == "0"
+        assert flag("-c") == str(doc["settings"]["ctx"]) and flag("-ub") == str(doc["settings"]["n_batch"])  # as loaded
         # the prompt file is the chat-template rendering, byte for byte after llama.cpp drops one newline
         assert call["prompt"].startswith("<|im_start|>") and call["prompt"].endswith("<|im_start|>assistant\n")
         assert row["prompt"] in call["prompt"]
@@ -568,9 +569,24 @@ def test_old_llama_cpp_flag_names(tmp_path):
     exe = tmp_path / "llama-speculative-simple"
     exe.write_text(f"#!{sys.executable}\nprint('--draft-max, --draft, --draft-n N   number of tokens to draft')\n")
     exe.chmod(0o755)
-    runner = L.LlamaCpp(L.find_binary(tmp_path), ctx=512, threads=2)
+    runner = L.LlamaCpp(L.find_binary(tmp_path), L.Load(n_ctx=512, threads=2))
     cmd = runner.command("t.gguf", "d.gguf", "p.txt", k=6, max_tokens=32, seed=1)
     assert cmd[cmd.index("--draft-max") + 1] == "6" and "--spec-draft-n-max" not in cmd and "--spec-type" not in cmd
+    assert "-ctk" not in cmd and "-fa" not in cmd and "--no-mmap" not in cmd
+
+
+def test_llama_cpp_gets_the_memory_plan(tmp_path):
+    exe = tmp_path / "llama-speculative-simple"
+    exe.write_text(f"#!{sys.executable}\nprint('--spec-draft-n-max N\\n-fa, --flash-attn [on|off|auto]\\n"
+                   f"-ctkd, --cache-type-k-draft TYPE')\n")
+    exe.chmod(0o755)
+    load = L.Load(n_ctx=8192, threads=4, n_gpu_layers=-1, draft_gpu_layers=12, n_batch=256, type_k="q8_0", type_v="q8_0",
+                  use_mmap=False, use_mlock=True)
+    cmd = L.LlamaCpp(L.find_binary(tmp_path), load).command("t.gguf", "d.gguf", "p.txt", k=4, max_tokens=32, seed=1)
+    flag = lambda name: cmd[cmd.index(name) + 1]  # noqa: E731
+    assert (flag("-c"), flag("-t"), flag("-td"), flag("-ngl"), flag("-ngld")) == ("8192", "4", "4", "999", "12")
+    assert (flag("-b"), flag("-ub"), flag("-ctk"), flag("-ctv"), flag("-ctkd"), flag("-ctvd")) == ("256", "256", "q8_0", "q8_0", "q8_0", "q8_0")
+    assert flag("-fa") == "on" and "--no-mmap" in cmd and "--mlock" in cmd
 
 
 @pytest.mark.skipif(not os.environ.get("EDGESPEC_LLAMA_CPP_BIN"), reason="set EDGESPEC_LLAMA_CPP_BIN to a directory with llama-speculative-simple")

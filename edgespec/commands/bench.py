@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 
 from edgespec.commands.options import (
-    CtxOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err,
+    BudgetOpt, CtxOpt, DraftNglOpt, DraftOpt, KMaxOpt, KvTypeOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
+    YesOpt, err,
 )
 from edgespec.errors import UsageError
 
@@ -48,10 +49,12 @@ def bench(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Always generate --max-tokens tokens.")] = False,
     k_max: KMaxOpt = 16,
     near_tie: Annotated[float, typer.Option("--near-tie", min=0.0, help="Top-2 logit margin below which a greedy divergence from plain counts as a near-tie.")] = 0.5,
-    ctx: CtxOpt = 4096,
+    ctx: CtxOpt = None,
+    kv_type: KvTypeOpt = None,
+    budget: BudgetOpt = None,
     threads: ThreadsOpt = None,
-    n_gpu_layers: NglOpt = 0,
-    draft_gpu_layers: DraftNglOpt = 0,
+    n_gpu_layers: NglOpt = None,
+    draft_gpu_layers: DraftNglOpt = None,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", show_default=False, help="Write every number, the machine, versions and model hashes as JSON ('-': stdout; the tables then go to stderr).")] = None,
     csv_out: Annotated[Optional[str], typer.Option("--csv", metavar="FILE", show_default=False, help="Write one CSV row per run (with the machine, versions and models on each row).")] = None,
     plot_out: Annotated[Optional[str], typer.Option("--plot", metavar="FILE.png", show_default=False, help="Draw speedup per category and mode (needs matplotlib: install the plot extra, or pip install matplotlib).")] = None,
@@ -108,16 +111,15 @@ def bench(
         sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p),
     )
     pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
-    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers)
+    load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers,
+                              kv_type=kv_type, budget=budget)
     with err.status("loading models", spinner="dots"):
         tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
     try:
         llama_cpp = None
         if binary is not None:
-            llama_cpp = L.LlamaCpp(
-                binary, ctx=ctx, threads=tmodel.n_threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers,
-                sampling=settings.sampling, ignore_eos=ignore_eos, extra_args=llama_cpp_args or "",
-            )
+            llama_cpp = L.LlamaCpp(binary, L.Load.of(tmodel, dmodel), sampling=settings.sampling, ignore_eos=ignore_eos,
+                                   extra_args=llama_cpp_args or "")
         b = B.Bench(tmodel, dmodel, suite, mode_list, settings, llama_cpp=llama_cpp)
         with err.status("preparing", spinner="dots") as status:
             calibration = b.prepare(on_calibrate=lambda: status.update("measuring this machine's costs (once per pair and setting)"))
@@ -131,8 +133,14 @@ def bench(
         with err.status("describing the machine and models", spinner="dots"):
             machine = R.machine_info()
             model_docs = {"target": R.model_info(models.target), "draft": R.model_info(models.draft) if dmodel is not None else None}
-        extra = {"prompts_file": str(prompts) if prompts else None, "categories": list(category or []), "quick": quick,
-                 "ctx": ctx, "threads": tmodel.n_threads, "n_gpu_layers": n_gpu_layers, "draft_gpu_layers": draft_gpu_layers}
+        plan = getattr(tmodel, "plan", None)
+        extra = {
+            "prompts_file": str(prompts) if prompts else None, "categories": list(category or []), "quick": quick,
+            "ctx": tmodel.n_ctx, "threads": tmodel.n_threads, "n_batch": tmodel.n_batch,
+            "n_gpu_layers": tmodel.n_gpu_layers, "draft_gpu_layers": dmodel.n_gpu_layers if dmodel is not None else None,
+            "kv_type": [plan.type_k, plan.type_v] if plan is not None else None,
+            "use_mmap": plan.use_mmap if plan is not None else None, "use_mlock": plan.use_mlock if plan is not None else None,
+        }
         if llama_cpp is not None:
             extra["llama_cpp"] = {"binary": str(binary), "version": llama_cpp.version(), "extra_args": llama_cpp_args,
                                   "last_command": llama_cpp.last_command}
