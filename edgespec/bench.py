@@ -392,6 +392,7 @@ class Result:
     interrupted: bool = False
     started: str = ""
     wall_s: float = 0.0
+    loadavg: dict | None = None  # the machine's load average before and after the runs (a busy machine is a noisy one)
 
 
 Progress = Callable[[int, int, str], None]  # (runs done, runs total, what runs next)
@@ -539,6 +540,7 @@ class Bench:
         """Every prompt in every mode, `repeats` times, in run_order's order. Ctrl-C keeps what is done."""
         res = Result(self.prompts, self.modes, self.settings, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         res.prompt_token_counts = {p.id: len(t) for p, t in zip(self.prompts, self.tokens)}
+        before = loadavg()
         t_start = time.perf_counter()
         order = run_order(len(self.prompts), len(self.modes), self.settings.repeats)
         M = len(self.modes)
@@ -561,4 +563,13 @@ class Bench:
         if progress:
             progress(len(res.runs), len(order), "done")
         res.wall_s = time.perf_counter() - t_start
+        res.loadavg = {"before": before, "after": loadavg()}
         return res
+
+
+def loadavg() -> list[float] | None:
+    """1, 5 and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows
+        return None

@@ -287,7 +287,7 @@ def document(result: Result, *, machine: dict, models: dict, extra: dict | None 
     return {
         "edgespec_bench": SCHEMA,
         "started": result.started, "wall_s": round(result.wall_s, 3), "interrupted": result.interrupted,
-        "process_peak_rss_bytes": process_peak_rss(),
+        "process_peak_rss_bytes": process_peak_rss(), "loadavg": result.loadavg,
         "settings": {
             "modes": [m.name for m in result.modes], "repeats": s.repeats, "max_tokens": s.max_tokens,
             "greedy": s.sampling.greedy, "temperature": s.sampling.temperature, "top_k": s.sampling.top_k,
@@ -485,6 +485,11 @@ def footnote(doc: dict) -> str:
     if s["greedy"]:
         lines.append(f"greedy output vs plain: exact, near-tie (first differing token has a target top-2 logit margin "
                      f"< {s['near_tie_bound']}: batched CPU evaluation is not bit-identical), or MISMATCH (a bug).")
+    busy = (doc.get("loadavg") or {}).get("command_start")
+    cores = doc["machine"].get("cores_usable") or doc["machine"].get("cores_logical") or 1
+    if busy and busy[0] >= max(1.0, cores / 2):
+        lines.append(f"[yellow]the machine was busy before the benchmark started (load average {busy[0]:.1f} on {cores} "
+                     f"cores): expect noisy timings[/]")
     if any(m.startswith("llama.cpp") for m in s["modes"]):
         lines.append("llama.cpp-spec rows: llama.cpp's llama-speculative-simple, timed by its own report, one process per prompt.")
     return "\n".join(lines)

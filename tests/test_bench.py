@@ -182,6 +182,14 @@ def test_aggregate_geomean_per_category_and_overall():
     assert agg["summary"]["categories"] == ["codegen", "extract"]
 
 
+def test_footnote_warns_about_a_busy_machine():
+    doc = {"settings": {"greedy": True, "near_tie_bound": 0.5, "modes": ["plain", "auto"]},
+           "machine": {"cores_usable": 2, "cores_logical": 2}, "loadavg": {"command_start": [0.3, 0.2, 0.1]}}
+    assert "busy" not in R.footnote(doc) and "near-tie" in R.footnote(doc)
+    doc["loadavg"]["command_start"] = [6.1, 5.0, 4.0]
+    assert "busy before the benchmark started (load average 6.1 on 2 cores)" in R.footnote(doc)
+
+
 def test_geomean_ignores_missing_values():
     assert R.geomean([2.0, 8.0, None]) == pytest.approx(4.0)
     assert R.geomean([]) is None
@@ -274,6 +282,7 @@ def test_bench_end_to_end_on_tiny_models(tiny, cli_env, tmp_path):
     modes = ["plain", "model-k2", "model-k4", "model-k6", "ngram", "auto"]
     assert doc["settings"]["modes"] == modes and doc["settings"]["repeats"] == 2 and doc["settings"]["greedy"]
     assert doc["settings"]["near_tie_bound"] == 0.01 and doc["process_peak_rss_bytes"] > 0 and not doc["interrupted"]
+    assert len(doc["loadavg"]["before"]) == len(doc["loadavg"]["after"]) == len(doc["loadavg"]["command_start"]) == 3
     assert [p["id"] for p in doc["prompts"]] == ["code-1", "edit-1", "extract-1"]
     order = [(o["repeat"], o["prompt"], o["mode"]) for o in doc["run_order"]]
     assert order == documented_order(["code-1", "edit-1", "extract-1"], modes, 2)

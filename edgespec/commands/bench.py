@@ -78,6 +78,7 @@ def bench(
     from edgespec import pull, registry, runner
     from edgespec.verify import SamplingParams
 
+    load_at_start = B.loadavg()  # before this process adds its own load
     # Everything that can be checked without the models is checked first.
     if compare is not None and compare != "llama-cpp":
         raise UsageError(f"--compare takes llama-cpp, got {compare!r}")
@@ -130,6 +131,7 @@ def bench(
                 warm = None
         result = _run_with_progress(b)
         result.calibration, result.warmup = calibration, warm
+        result.loadavg = {"command_start": load_at_start, **(result.loadavg or {})}
         with err.status("describing the machine and models", spinner="dots"):
             machine = R.machine_info()
             model_docs = {"target": R.model_info(models.target), "draft": R.model_info(models.draft) if dmodel is not None else None}
