@@ -1,0 +1,5 @@
+"""Entry script of the frozen executable (packaging/edgespec.spec)."""
+
+from edgespec.cli import main
+
+main()
