@@ -55,7 +55,7 @@ def env(tmp_path) -> dict[str, str]:
         env["PATH"] = os.pathsep.join([os.path.join(root, "System32"), root])
         env.update(USERPROFILE=str(home), LOCALAPPDATA=str(home / "AppData" / "Local"), APPDATA=str(home / "AppData" / "Roaming"))
     else:
-        env["PATH"] = "/usr/bin:/bin"
+        env["PATH"] = "/usr/bin:/bin:/usr/sbin:/sbin"  # system tools only (macOS sysctl is in /usr/sbin)
     env.update(HOME=str(home), HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"))
     return env
 
