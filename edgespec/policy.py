@@ -26,7 +26,7 @@ class Costs:
     verify: dict[int, float]
     draft_token: float | None = None
     ngram_lookup: float = 5e-5
-    ema: float = 0.1  # weight of a new observation
+    ema: float = 0.2  # weight of a new observation
 
     def verify_cost(self, n: int) -> float:
         """Linear interpolation between measured sizes; linear extrapolation past the last one."""
@@ -42,9 +42,10 @@ class Costs:
         w = (n - lo) / (hi - lo)
         return self.verify[lo] * (1 - w) + self.verify[hi] * w
 
-    def observe_verify(self, n: int, seconds: float) -> None:
+    def observe_verify(self, n: int, seconds: float, weight: float | None = None) -> None:
         old = self.verify.get(n)
-        self.verify[n] = seconds if old is None else old + self.ema * (seconds - old)
+        w = self.ema if weight is None else weight
+        self.verify[n] = seconds if old is None else old + w * (seconds - old)
 
     def observe_draft(self, per_token: float) -> None:
         old = self.draft_token
@@ -132,6 +133,11 @@ class Controller:
         self.drafted = 0
         self.accepted = 0
         self.warned = False
+        # While it speculates, the controller never sees plain decoding's cost again; a plain step
+        # every `probe_every` steps keeps that baseline honest (a calibration taken on a busy machine,
+        # a laptop that throttled since).
+        self.probe_every = 16
+        self.since_plain = 0
 
     # ------------------------------------------------------------------ choosing
     def might_use_model(self) -> bool:
@@ -171,6 +177,8 @@ class Controller:
             options.append(self._best_k("ngram", [a] * min(ngram_len, k_max), 0.0))
         if not options:
             return Choice("none", 0)
+        if self.mode == "auto" and self.since_plain >= self.probe_every:
+            return Choice("none", 0)
         rate, choice = max(options, key=lambda o: o[0])
         if self.mode == "auto" and rate < plain * (1 + self.margin):
             return Choice("none", 0)
@@ -208,7 +216,9 @@ class Controller:
     # ------------------------------------------------------------------ learning
     def update(self, drafter: str, confidence: Sequence[float], accepted: int, t_draft: float, t_verify: float) -> None:
         n = len(confidence)
-        self.costs.observe_verify(n + 1, t_verify)
+        probe = n == 0 and self.since_plain >= self.probe_every
+        self.since_plain = 0 if n == 0 else self.since_plain + 1
+        self.costs.observe_verify(n + 1, t_verify, weight=0.5 if probe else None)
         if drafter == "model" and n:
             self.costs.observe_draft(t_draft / n)
             self.model_acc.update(confidence, accepted)

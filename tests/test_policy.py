@@ -55,7 +55,21 @@ def test_costs_interpolate_and_extrapolate():
     assert c.verify_cost(2) == pytest.approx(1.5)
     assert c.verify_cost(10) == pytest.approx(5.5)
     c.observe_verify(4, 3.5)
-    assert c.verify_cost(4) == pytest.approx(2.6)
+    assert c.verify_cost(4) == pytest.approx(2.7)
+
+
+def test_a_calibration_taken_under_load_is_corrected_by_real_steps():
+    """Plain decoding was timed while the machine was busy (30x), so speculation looked like a
+    bargain. Real steps correct the sizes it uses; plain probes correct the baseline."""
+    true = Costs(dict(CPU), draft_token=CPU_DRAFT)
+    stale = Costs({**CPU, 1: 30.0}, draft_token=CPU_DRAFT)
+    ctl = Controller(stale, mode="auto")
+    assert ctl.choose().drafter == "model"  # fooled at first
+    for _ in range(200):
+        c = ctl.choose()
+        ctl.update(c.drafter, [0.9] * c.k, int(0.7 * c.k), c.k * CPU_DRAFT, true.verify_cost(c.k + 1))
+    assert ctl.costs.verify_cost(1) == pytest.approx(1.0, rel=0.1)
+    assert ctl.choose().drafter == "none"
 
 
 def test_on_a_compute_bound_cpu_the_draft_model_is_never_chosen():
