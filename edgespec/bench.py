@@ -38,7 +38,7 @@ from edgespec.verify import SamplingParams
 CATEGORIES = ("codegen", "edit", "chat", "extract", "json")
 QUICK_CATEGORIES = ("codegen", "edit", "extract", "chat", "json")  # --quick: first prompt of the first three present
 DEFAULT_MODES = ("plain", "model-k2", "model-k4", "model-k6", "ngram", "auto")
-DEFAULT_MAX_TOKENS = 80
+DEFAULT_MAX_TOKENS = 64
 QUICK_MAX_TOKENS = 64
 QUICK_PROMPTS = 3
 NEAR_TIE = 0.5  # logits; the largest batched-vs-one-token difference measured on CPU was ~0.43

@@ -38,9 +38,9 @@ def bench(
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="First an untimed pass: the shortest prompt, 8 tokens, every mode.")] = True,
     max_tokens: Annotated[Optional[int], typer.Option(
         "--max-tokens", "-n", min=1, show_default=False,
-        help="Most tokens per reply; a prompt's own max_tokens can lower it (default: 80; 64 with --quick).",
+        help="Most tokens per reply; a prompt's own max_tokens can lower it (default: 64).",
     )] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="3 prompts (codegen, edit, extract), one repeat, 64 tokens: about 1.5 minutes with the default pair on 2 cores.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="3 prompts (codegen, edit, extract), one repeat, 64 tokens.")] = False,
     temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy and checks every output against plain decoding.")] = 0.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")] = 40,
     top_p: Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")] = 0.95,
@@ -70,7 +70,7 @@ def bench(
 
     Speedup is decode tokens/s over plain decoding of the same prompt and repeat; categories and the total are geometric means over prompts, with min-max. Greedy outputs are compared with plain decoding: exact, near-tie (the first differing token has a target top-2 logit margin below --near-tie) or MISMATCH.
 
-    The defaults (25 prompts x 6 modes, 80 tokens, 1 repeat) take about 13 minutes with the default pair on a 2-core laptop CPU.
+    The defaults (25 prompts x 6 modes, 64 tokens, 1 repeat) took 12.4 minutes with the default pair on a 2-core x86 CPU (80 tokens took 15).
     """
     from edgespec import bench as B
     from edgespec import bench_llamacpp as L
