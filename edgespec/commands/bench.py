@@ -10,7 +10,7 @@ from rich.console import Console
 
 from edgespec.commands.options import (
     BudgetOpt, CtxOpt, DraftNglOpt, DraftOpt, KMaxOpt, KvTypeOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
-    YesOpt, err,
+    YesOpt, err, load_models,
 )
 from edgespec.errors import UsageError
 
@@ -75,7 +75,7 @@ def bench(
     from edgespec import bench as B
     from edgespec import bench_llamacpp as L
     from edgespec import bench_report as R
-    from edgespec import pull, registry, runner
+    from edgespec import registry, runner
     from edgespec.verify import SamplingParams
 
     load_at_start = B.loadavg()  # before this process adds its own load
@@ -111,11 +111,9 @@ def bench(
         repeats=repeats or 1, warmup=warmup, seed=seed, ignore_eos=ignore_eos, k_max=k_max, near_tie=near_tie,
         sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p),
     )
-    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
     load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers,
                               kv_type=kv_type, budget=budget)
-    with err.status("loading models", spinner="dots"):
-        tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
+    tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     try:
         llama_cpp = None
         if binary is not None:

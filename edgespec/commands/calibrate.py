@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgespec.commands.options import (
-    BudgetOpt, CtxOpt, KvTypeOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err,
+    BudgetOpt, CtxOpt, KvTypeOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err, load_models,
 )
 
 ACCEPTANCE = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -33,15 +33,13 @@ def calibrate(
 ) -> None:
     """Measure target and draft step costs, cache them, and predict the speed-up for each k."""
     from edgespec import calibrate as cal
-    from edgespec import pull, registry, runner
+    from edgespec import registry, runner
 
     models = registry.resolve(registry.load_registry(), pair, target, draft)
-    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
     load = runner.LoadOptions(
         n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
     )
-    with err.status("loading models", spinner="dots"):
-        tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
+    tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     try:
         with err.status("measuring (a few seconds)", spinner="dots"):
             costs = cal.measure(tmodel, dmodel, k_max)

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from edgespec.commands.options import (
     BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
-    YesOpt, err,
+    YesOpt, err, load_models,
 )
 from edgespec.errors import ContextOverflowError, EdgespecError, UsageError
 
@@ -65,7 +65,7 @@ def chat(
     Ctrl-C stops a reply, Ctrl-D quits. With stdin piped: one message per line, only the replies on
     stdout.
     """
-    from edgespec import pull, registry, runner
+    from edgespec import registry, runner
     from edgespec.chat import MODES, Session
     from edgespec.verify import SamplingParams
 
@@ -82,7 +82,6 @@ def chat(
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     if draft_mode == "model" and models.draft is None:
         raise UsageError("--draft-mode model needs a draft model", "give --draft or --pair")
-    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
     gen = runner.GenOptions(
         mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed,
         stop=tuple(stop or ()), ignore_eos=ignore_eos,
@@ -90,9 +89,7 @@ def chat(
     load = runner.LoadOptions(
         n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
     )
-    names = models.target.name + (f" and {models.draft.name}" if models.draft else "")
-    with err.status(f"loading {escape(names)}", spinner="dots"):
-        tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
+    tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     code = 0
     try:
         session = Session(tmodel, dmodel, gen, system=system, on_calibrate=_calibrating)

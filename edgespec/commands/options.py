@@ -48,3 +48,18 @@ KOpt = Annotated[
     Optional[int], typer.Option("--k", help="Fix the draft length (0: plain decoding) (default: chosen per step).", show_default=False)
 ]
 KMaxOpt = Annotated[int, typer.Option("--k-max", help="Longest draft the controller may choose.", min=1, max=64)]
+
+
+def load_models(models, load, *, yes: bool, source: str):
+    """Pull what the resolved models still lack (asking first), plan memory and load, with a spinner.
+
+    models: registry.Resolved; load: runner.LoadOptions. Returns (target, draft or None).
+    """
+    from rich.markup import escape
+
+    from edgespec import pull, runner
+
+    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
+    names = models.target.name + (f" and {models.draft.name}" if models.draft else "")
+    with err.status(f"loading {escape(names)}", spinner="dots"):
+        return runner.load_pair(models.target, models.draft, load)

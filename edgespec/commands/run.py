@@ -10,7 +10,7 @@ import typer
 
 from edgespec.commands.options import (
     BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
-    YesOpt, err,
+    YesOpt, err, load_models,
 )
 from edgespec.errors import UsageError
 
@@ -45,7 +45,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply and the stats as one JSON object.")] = False,
 ) -> None:
     """Generate a reply to PROMPT, streamed to stdout."""
-    from edgespec import pull, registry, runner
+    from edgespec import registry, runner
     from edgespec.verify import SamplingParams
 
     if k is not None and k < 0:
@@ -53,17 +53,18 @@ def run(
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
     models = registry.resolve(registry.load_registry(), pair, target, draft)
-    pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
     if prompt == "-":
         prompt = sys.stdin.read()
-    sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+    try:
+        sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     gen = runner.GenOptions(mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
     load = runner.LoadOptions(
         n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
     )
 
-    with err.status("loading models", spinner="dots"):
-        tmodel, dmodel = runner.load_pair(models.target, models.draft, load)
+    tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     reply = runner.Reply()
     try:
         tokens = runner.prompt_tokens(tmodel, prompt, system=system, raw=raw)
