@@ -173,8 +173,12 @@ class Controller:
         if self.mode in ("auto", "model") and self.has_model and self.costs.draft_token is not None:
             options.append(self._best_k("model", [self.model_rate] * k_max, self.costs.draft_token))
         if self.mode in ("auto", "ngram") and ngram_len:
-            a = self.ngram_acc.optimistic(ngram_conf)
-            options.append(self._best_k("ngram", [a] * min(ngram_len, k_max), 0.0))
+            # Whether to try: the optimistic estimate, so a match length never seen gets a chance.
+            # How far: the plain estimate, so a failed try costs a short batch, not a 16-position one.
+            n = min(ngram_len, k_max)
+            rate, _ = self._best_k("ngram", [self.ngram_acc.optimistic(ngram_conf)] * n, 0.0)
+            _, choice = self._best_k("ngram", [self.ngram_acc.p(ngram_conf)] * n, 0.0)
+            options.append((rate, choice))
         if not options:
             return Choice("none", 0)
         if self.mode == "auto" and self.since_plain >= self.probe_every:
