@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgespec import calibrate
-from edgespec.engine import Stats, Step, generate
+from edgespec.engine import Stats, generate
 from edgespec.policy import MODES, Controller, Costs
 from edgespec.errors import ContextOverflowError, UsageError
 from edgespec.llama import Model, check_compatible, check_gguf
@@ -50,7 +50,6 @@ class Reply:
     finish: str | None = None  # stop | length | context | interrupted
     stats: Stats = field(default_factory=Stats)
     warnings: list[str] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)  # every step of the reply, prefill first
 
 
 def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -> tuple[Model, Model | None]:
@@ -149,7 +148,6 @@ def stream(
     try:
         for step in steps:
             reply.stats.add(step)
-            reply.steps.append(step)
             if step.tokens:
                 reply.tokens.extend(step.tokens)
                 piece = text.push(step.tokens)

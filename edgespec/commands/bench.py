@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from edgespec.commands.options import (
+    TopKOpt, TopPOpt, MinPOpt, sampling_params,
     BudgetOpt, CtxOpt, DraftNglOpt, DraftOpt, KMaxOpt, KvTypeOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err, load_models,
 )
@@ -42,9 +43,9 @@ def bench(
     )] = None,
     quick: Annotated[bool, typer.Option("--quick", help="3 prompts (codegen, edit, extract), one repeat, 64 tokens.")] = False,
     temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy and checks every output against plain decoding.")] = 0.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")] = 0.95,
-    min_p: Annotated[float, typer.Option("--min-p", help="Sampling: drop tokens below min-p x the top one (0: off).")] = 0.05,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (each prompt and repeat gets seed + 1000 x repeat + index, the same in every mode).")] = 0,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Always generate --max-tokens tokens.")] = False,
     k_max: KMaxOpt = 16,
@@ -76,7 +77,6 @@ def bench(
     from edgespec import bench_llamacpp as L
     from edgespec import bench_report as R
     from edgespec import registry, runner
-    from edgespec.verify import SamplingParams
 
     load_at_start = B.loadavg()  # before this process adds its own load
     # Everything that can be checked without the models is checked first.
@@ -109,7 +109,7 @@ def bench(
     settings = B.Settings(
         max_tokens=max_tokens or (B.QUICK_MAX_TOKENS if quick else B.DEFAULT_MAX_TOKENS),
         repeats=repeats or 1, warmup=warmup, seed=seed, ignore_eos=ignore_eos, k_max=k_max, near_tie=near_tie,
-        sampling=SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p),
+        sampling=sampling_params(temp, top_k, top_p, min_p),
     )
     load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers,
                               kv_type=kv_type, budget=budget)

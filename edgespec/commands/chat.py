@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgespec.commands.options import (
+    TempOpt, TopKOpt, TopPOpt, MinPOpt, SeedOpt, sampling_params,
     BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err, load_models,
 )
@@ -42,11 +43,11 @@ def chat(
     draft_mode: DraftModeOpt = "auto",
     k: KOpt = None,
     k_max: KMaxOpt = 16,
-    temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy (exactly the target's argmax).")] = 0.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")] = 0.95,
-    min_p: Annotated[float, typer.Option("--min-p", help="Sampling: drop tokens below min-p x the top one (0: off).")] = 0.05,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", show_default=False)] = None,
+    temp: TempOpt = 0.0,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    seed: SeedOpt = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")] = 1024,
     stop: Annotated[Optional[List[str]], typer.Option("--stop", help="End a reply when this text appears (repeatable).", show_default=False)] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end a reply at an end-of-generation token (for benchmarks).")] = False,
@@ -67,7 +68,6 @@ def chat(
     """
     from edgespec import registry, runner
     from edgespec.chat import MODES, Session
-    from edgespec.verify import SamplingParams
 
     if draft_mode not in MODES:
         raise UsageError(f"--draft-mode must be one of {', '.join(MODES)}, got {draft_mode!r}")
@@ -75,10 +75,7 @@ def chat(
         raise UsageError(f"--k must be >= 0, got {k}")
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
-    try:
-        sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    sampling = sampling_params(temp, top_k, top_p, min_p)
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     if draft_mode == "model" and models.draft is None:
         raise UsageError("--draft-mode model needs a draft model", "give --draft or --pair")

@@ -47,6 +47,11 @@ DraftModeOpt = Annotated[
 KOpt = Annotated[
     Optional[int], typer.Option("--k", help="Fix the draft length (0: plain decoding) (default: chosen per step).", show_default=False)
 ]
+TempOpt = Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy (exactly the target's argmax).")]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")]
+MinPOpt = Annotated[float, typer.Option("--min-p", help="Sampling: drop tokens below min-p x the top one (0: off).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", show_default=False)]
 KMaxOpt = Annotated[int, typer.Option("--k-max", help="Longest draft the controller may choose.", min=1, max=64)]
 
 
@@ -63,3 +68,14 @@ def load_models(models, load, *, yes: bool, source: str):
     names = models.target.name + (f" and {models.draft.name}" if models.draft else "")
     with err.status(f"loading {escape(names)}", spinner="dots"):
         return runner.load_pair(models.target, models.draft, load)
+
+
+def sampling_params(temp: float, top_k: int, top_p: float, min_p: float):
+    """The sampler settings from the command line; an out-of-range value is a usage error."""
+    from edgespec.errors import UsageError
+    from edgespec.verify import SamplingParams
+
+    try:
+        return SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+    except ValueError as e:
+        raise UsageError(str(e)) from e

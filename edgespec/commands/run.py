@@ -9,6 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from edgespec.commands.options import (
+    TempOpt, TopKOpt, TopPOpt, MinPOpt, SeedOpt, sampling_params,
     BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err, load_models,
 )
@@ -25,11 +26,11 @@ def run(
     draft_mode: DraftModeOpt = "auto",
     k: KOpt = None,
     k_max: KMaxOpt = 16,
-    temp: Annotated[float, typer.Option("--temp", help="Temperature; 0 is greedy (exactly the target's argmax).")] = 0.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most likely tokens (0: off).")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")] = 0.95,
-    min_p: Annotated[float, typer.Option("--min-p", help="Sampling: drop tokens below min-p x the top one (0: off).")] = 0.05,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", show_default=False)] = None,
+    temp: TempOpt = 0.0,
+    top_k: TopKOpt = 40,
+    top_p: TopPOpt = 0.95,
+    min_p: MinPOpt = 0.05,
+    seed: SeedOpt = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")] = 256,
     stop: Annotated[Optional[List[str]], typer.Option("--stop", help="Stop when this text appears (repeatable).", show_default=False)] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end at an end-of-generation token (for benchmarks).")] = False,
@@ -46,7 +47,6 @@ def run(
 ) -> None:
     """Generate a reply to PROMPT, streamed to stdout."""
     from edgespec import registry, runner
-    from edgespec.verify import SamplingParams
 
     if k is not None and k < 0:
         raise UsageError(f"--k must be >= 0, got {k}")
@@ -55,10 +55,7 @@ def run(
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     if prompt == "-":
         prompt = sys.stdin.read()
-    try:
-        sampling = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    sampling = sampling_params(temp, top_k, top_p, min_p)
     gen = runner.GenOptions(mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
     load = runner.LoadOptions(
         n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
