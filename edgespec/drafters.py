@@ -26,7 +26,7 @@ KeepGoing = Callable[[Sequence[float]], bool]
 @dataclass
 class Draft:
     tokens: list[int] = field(default_factory=list)
-    confidence: list[float] = field(default_factory=list)  # model: draft prob; n-gram: match length
+    confidence: list[float] = field(default_factory=list)  # model: draft prob; n-gram: match length + position
 
 
 class Drafter(Protocol):
@@ -75,16 +75,20 @@ class ModelDrafter:
 class NgramDrafter:
     """Prompt lookup: find the longest earlier occurrence of the last tokens and propose what followed.
 
-    Among earlier occurrences with the longest suffix match (2..max_match tokens), continuations are
-    ranked by how many occurrences agree on the next token, then by recency. Confidence is the match
-    length (the controller learns how that maps to acceptance).
+    Among earlier occurrences with the longest suffix match (min_match..max_match tokens),
+    continuations are ranked by how many occurrences agree on the next token, then by recency.
+    Confidence of the i-th proposed token is the match length it would extend, m + i: a copy that
+    has run for 40 tokens is likelier to go on than a 2-token coincidence, and the controller
+    learns per position how that maps to acceptance.
     """
 
     name = "ngram"
 
-    def __init__(self, min_match: int = 2, max_match: int = 8):
+    def __init__(self, min_match: int = 2, max_match: int = 64):
         self.min_match = min_match
         self.max_match = max_match
+        self._last: tuple[int, list[int], int] = (-1, [], 0)
+        self._pending: list[tuple[int, list[int], list[float]]] = []  # lookups not yet settled
 
     def lookup(self, history: Sequence[int], k: int) -> tuple[list[int], int]:
         """(continuation of up to k tokens, match length); ([], 0) when nothing matches."""
@@ -100,9 +104,18 @@ class NgramDrafter:
             back = ends - d
             ok = (length == d) & (back >= 0)
             ok[ok] = arr[back[ok]] == arr[n - 1 - d]
-            if not ok.any():
+            live = np.flatnonzero(ok)
+            if live.size == 0:
                 break
-            length[ok] += 1
+            length[live] += 1
+            if live.size == 1:  # one candidate left (a long copy): measure it in one comparison
+                i, e = int(live[0]), int(ends[live[0]])
+                span = min(self.max_match, e + 1)  # suffix lengths it can still reach
+                a = arr[e - span + 1 : e + 1][::-1]
+                b = arr[n - span : n][::-1]
+                diff = np.flatnonzero(a != b)
+                length[i] = int(diff[0]) if diff.size else span
+                break
         best = int(length.max())
         if best < self.min_match:
             return [], 0
@@ -116,19 +129,41 @@ class NgramDrafter:
         return cont, best
 
     def peek(self, history: Sequence[int], k: int) -> tuple[int, float]:
-        """(tokens available, confidence) for the controller; the lookup is kept for propose()."""
+        """(tokens available, confidence) for the controller; the lookup is kept for propose() and
+        recorded, drafted or not, so that `outcomes` can say later how far it would have been right."""
         cont, match = self.lookup(history, k)
         self._last = (len(history), cont, match)
+        if cont:
+            self._pending.append((len(history), cont, [float(match + i) for i in range(len(cont))]))
         return len(cont), float(match)
 
+    def outcomes(self, history: Sequence[int]) -> list[tuple[list[float], int]]:
+        """(confidences, tokens that matched) for each recorded lookup the history now settles.
+
+        The tokens that followed a lookup are what verification would have accepted: under greedy
+        decoding exactly; under sampling with the same probability (the proposal is deterministic).
+        So the controller learns from every step, including those it decided not to draft in, and
+        a match length that looks unpromising still gets measured without paying for a draft.
+        """
+        done, keep = [], []
+        for start, cont, conf in self._pending:
+            got = history[start : start + len(cont)]
+            n = next((i for i, (a, b) in enumerate(zip(got, cont)) if a != b), len(got))
+            if n < len(got) or len(got) == len(cont):
+                done.append((conf, n))
+            else:
+                keep.append((start, cont, conf))
+        self._pending = keep
+        return done
+
     def propose(self, history, k, sp, rng, q, keep_going) -> Draft:
-        n, cont, match = getattr(self, "_last", (-1, [], 0))
+        n, cont, match = self._last
         if n != len(history) or len(cont) < k:
             cont, match = self.lookup(history, k)
         d = Draft()
         for i, t in enumerate(cont[:k]):
             d.tokens.append(int(t))
-            d.confidence.append(float(match))
+            d.confidence.append(float(match + i))
             if not sp.greedy:
                 q[i].fill(0.0)  # a deterministic proposal: q is one-hot
                 q[i, t] = 1.0

@@ -222,6 +222,8 @@ def generate(
             new, finish = new[: max_tokens - emitted], "length"
         history.extend(new)
         emitted += len(new)
+        if ctl.mode in ("auto", "ngram"):
+            ctl.observe_lookups(drafters["ngram"].outcomes(history))
         yield Step(new, drafted=len(drafts), accepted=n_acc, t_draft=t1 - t0, t_verify=t2 - t1, finish=finish,
                    drafter=choice.drafter if len(drafts) else "none")
         if finish:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 MODES = ("auto", "model", "ngram", "none")
+NGRAM_EDGES = (0, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+NGRAM_PRIOR = (0.45, 0.6, 0.7, 0.75, 0.85, 0.87, 0.88, 0.9, 0.93, 0.95, 0.98)
 
 
 @dataclass
@@ -77,13 +79,6 @@ class Acceptance:
         b = self.bucket(conf)
         return (self.hits[b] + self.weight * self.prior[b]) / (self.tries[b] + self.weight)
 
-    def optimistic(self, conf: float) -> float:
-        """The estimate plus one standard error: a bucket with few observations gets tried, and
-        stops being tried once its failures are on record (cheap exploration, then exploitation)."""
-        b = self.bucket(conf)
-        m = self.p(conf)
-        return min(1.0, m + (m * (1 - m) / (self.tries[b] + self.weight + 1)) ** 0.5)
-
     def update(self, confidence: Sequence[float], accepted: int) -> None:
         """Tokens before `accepted` were accepted, the one at `accepted` rejected, later ones unseen."""
         for i, c in enumerate(confidence[: accepted + 1]):
@@ -128,8 +123,12 @@ class Controller:
         # about that often, which is the prior.
         self.model_acc = Acceptance(edges=[0.0, 0.3, 0.5, 0.7, 0.85, 0.95], prior=[0.2, 0.4, 0.6, 0.75, 0.85, 0.92])
         self.model_rate = 0.6  # per-token acceptance, for planning before the draft exists
-        # N-gram: confidence is the match length (2..8 tokens).
-        self.ngram_acc = Acceptance(edges=[0, 3, 4, 5, 6, 8], prior=[0.35, 0.45, 0.55, 0.65, 0.7, 0.8])
+        # N-gram: confidence of a drafted token is the match length it extends (2..64 + position).
+        # Prior: per-token acceptance by that length over the greedy answers of the shipped bench
+        # suite with the default pair (all categories pooled), rounded down: a 2-token match is a
+        # coin flip, a copy that has run for 64 tokens almost always goes on. Every step settles a
+        # lookup (observe_lookups), and overlapping lookups share tokens, so the prior is held firmer.
+        self.ngram_acc = Acceptance(edges=NGRAM_EDGES, prior=NGRAM_PRIOR, weight=16.0)
         self.drafted = 0
         self.accepted = 0
         self.warned = False
@@ -173,12 +172,9 @@ class Controller:
         if self.mode in ("auto", "model") and self.has_model and self.costs.draft_token is not None:
             options.append(self._best_k("model", [self.model_rate] * k_max, self.costs.draft_token))
         if self.mode in ("auto", "ngram") and ngram_len:
-            # Whether to try: the optimistic estimate, so a match length never seen gets a chance.
-            # How far: the plain estimate, so a failed try costs a short batch, not a 16-position one.
+            # Per position: the i-th drafted token extends the match to ngram_conf + i tokens.
             n = min(ngram_len, k_max)
-            rate, _ = self._best_k("ngram", [self.ngram_acc.optimistic(ngram_conf)] * n, 0.0)
-            _, choice = self._best_k("ngram", [self.ngram_acc.p(ngram_conf)] * n, 0.0)
-            options.append((rate, choice))
+            options.append(self._best_k("ngram", [self.ngram_acc.p(ngram_conf + i) for i in range(n)], 0.0))
         if not options:
             return Choice("none", 0)
         if self.mode == "auto" and self.since_plain >= self.probe_every:
@@ -228,11 +224,15 @@ class Controller:
             self.model_acc.update(confidence, accepted)
             seen = min(n, accepted + 1)
             self.model_rate += 0.1 * ((accepted / seen) - self.model_rate)
-        elif drafter == "ngram" and n:
-            self.ngram_acc.update(confidence, accepted)
         if n:
             self.drafted += n
             self.accepted += accepted
+
+    def observe_lookups(self, outcomes: Sequence[tuple[Sequence[float], int]]) -> None:
+        """N-gram acceptance is learnt from every settled lookup, drafted or not (NgramDrafter.outcomes):
+        no exploration needed, and a drafted lookup is counted once, here."""
+        for confidence, matched in outcomes:
+            self.ngram_acc.update(confidence, matched)
 
     def warning(self) -> str | None:
         """Once per controller: a line to show when drafts keep failing."""

@@ -17,11 +17,19 @@ GPU_DRAFT = 0.15
 
 
 def simulate(ctl: Controller, accept_model: float, accept_ngram: float, ngram_len: int, steps: int, seed: int = 0):
-    """Run the controller against a synthetic world; returns speed relative to plain decoding."""
+    """Run the controller against a synthetic world; returns speed relative to plain decoding.
+
+    Each step the n-gram lookup offers ngram_len tokens (match length 6), of which the first L would
+    be accepted (each with probability accept_ngram); the controller hears L whether it drafted or not,
+    as the engine's NgramDrafter.outcomes reports it.
+    """
     rng = np.random.default_rng(seed)
     tokens = time = 0.0
     for _ in range(steps):
         c = ctl.choose(ngram_len=ngram_len, ngram_conf=6.0)
+        lookup = 0
+        while lookup < ngram_len and rng.random() < accept_ngram:
+            lookup += 1
         conf, acc = [], 0
         if c.drafter == "model":
             keep = ctl.keep_going("model")
@@ -29,16 +37,17 @@ def simulate(ctl: Controller, accept_model: float, accept_ngram: float, ngram_le
                 conf.append(0.9)
                 if not keep(conf):
                     break
-            rate = accept_model
+            while acc < len(conf) and rng.random() < accept_model:
+                acc += 1
         elif c.drafter == "ngram":
-            conf = [6.0] * c.k
-            rate = accept_ngram
-        while acc < len(conf) and rng.random() < rate:
-            acc += 1
+            conf = [6.0 + i for i in range(c.k)]  # the match grows along the draft
+            acc = min(lookup, c.k)
         per = ctl.costs.draft_token if c.drafter == "model" else 0.0
         t_draft = len(conf) * per
         t_verify = ctl.costs.verify_cost(len(conf) + 1)
         ctl.update(c.drafter, conf, acc, t_draft, t_verify)
+        if ngram_len:
+            ctl.observe_lookups([([6.0 + i for i in range(ngram_len)], lookup)])
         tokens += acc + 1
         time += t_draft + t_verify
     return tokens / time / (1.0 / ctl.costs.verify_cost(1))
@@ -163,3 +172,67 @@ def test_ngram_copies_a_long_span():
     hist = text + [1, 2] + text[:5]
     cont, match = NgramDrafter().lookup(hist, 16)
     assert match == 5 and cont == text[5:21]
+
+
+def _naive_lookup(hist, k, min_match=2, max_match=64):
+    """The definition, spelled out: longest suffix match, then agreement on the next token, then recency."""
+    n = len(hist)
+    best, found = 0, []
+    for e in range(n - 1):
+        m = 0
+        while m < max_match and e - m >= 0 and hist[e - m] == hist[n - 1 - m]:
+            m += 1
+        if m > best:
+            best, found = m, [e]
+        elif m == best and m:
+            found.append(e)
+    if best < min_match:
+        return [], 0
+    nxt = [hist[e + 1] for e in found]
+    top = max(nxt.count(t) for t in nxt)
+    e = [e for e in found if nxt.count(hist[e + 1]) == top][-1]
+    return hist[e + 1 : e + 1 + k], best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ngram_lookup_matches_its_definition(seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 6, size=int(rng.integers(3, 40))).tolist()
+    hist = base * int(rng.integers(1, 4)) + rng.integers(0, 6, size=int(rng.integers(0, 8))).tolist()
+    for max_match in (3, 8, 64):
+        got = NgramDrafter(max_match=max_match).lookup(hist, 16)
+        assert got == _naive_lookup(hist, 16, max_match=max_match), (hist, max_match)
+
+
+def test_ngram_match_length_counts_a_long_copy():
+    text = list(range(100, 200))
+    hist = text + [1] + text[:70]
+    cont, match = NgramDrafter().lookup(hist, 4)
+    assert match == 64 and cont == text[70:74]
+    assert NgramDrafter(max_match=8).lookup(hist, 4)[1] == 8
+
+
+def test_ngram_outcomes_settle_each_lookup_once():
+    d = NgramDrafter()
+    hist = [1, 2, 3, 4, 5, 9, 1, 2]
+    assert d.peek(hist, 3) == (3, 2.0)  # proposes 3 4 5
+    assert d.outcomes(hist) == []  # nothing generated yet
+    hist += [3, 4]
+    assert d.outcomes(hist) == []  # right so far, not settled
+    hist += [7]
+    assert d.outcomes(hist) == [([2.0, 3.0, 4.0], 2)]  # 3 and 4 matched, 5 did not
+    assert d.outcomes(hist) == []
+    d.peek(hist, 2)  # "7" was never seen before: no lookup recorded
+    hist2 = [1, 2, 3, 1, 2]
+    d2 = NgramDrafter()
+    d2.peek(hist2, 1)
+    assert d2.outcomes(hist2 + [3]) == [([2.0], 1)]  # all proposed tokens matched
+
+
+def test_the_controller_learns_from_lookups_it_did_not_draft():
+    ctl = Controller(Costs(dict(CPU)), mode="auto", has_model=False)
+    assert ctl.choose(ngram_len=16, ngram_conf=2.0).drafter == "none"  # a 2-token match: a coin flip
+    for _ in range(40):
+        ctl.observe_lookups([([2.0 + i for i in range(16)], 16)])  # ... that turned out to be copies
+    c = ctl.choose(ngram_len=16, ngram_conf=2.0)
+    assert c.drafter == "ngram" and c.k >= 8
