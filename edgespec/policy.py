@@ -79,6 +79,13 @@ class Acceptance:
         b = self.bucket(conf)
         return (self.hits[b] + self.weight * self.prior[b]) / (self.tries[b] + self.weight)
 
+    def cautious(self, conf: float) -> float:
+        """The estimate less one standard error: what a choice that risks a long batch should rely on.
+        It approaches the mean as observations accumulate (evidence, not exploration, buys long drafts)."""
+        b = self.bucket(conf)
+        m = self.p(conf)
+        return max(0.0, m - (m * (1 - m) / (self.tries[b] + self.weight + 1)) ** 0.5)
+
     def update(self, confidence: Sequence[float], accepted: int) -> None:
         """Tokens before `accepted` were accepted, the one at `accepted` rejected, later ones unseen."""
         for i, c in enumerate(confidence[: accepted + 1]):
@@ -127,7 +134,9 @@ class Controller:
         # Prior: per-token acceptance by that length over the greedy answers of the shipped bench
         # suite with the default pair (all categories pooled), rounded down: a 2-token match is a
         # coin flip, a copy that has run for 64 tokens almost always goes on. Every step settles a
-        # lookup (observe_lookups), and overlapping lookups share tokens, so the prior is held firmer.
+        # lookup (observe_lookups), so estimates firm up fast; choices use a cautious estimate (one
+        # standard error below the mean), so a few lucky matches early in an answer do not buy a
+        # 16-position batch on a CPU where that costs nine plain steps.
         self.ngram_acc = Acceptance(edges=NGRAM_EDGES, prior=NGRAM_PRIOR, weight=16.0)
         self.drafted = 0
         self.accepted = 0
@@ -174,7 +183,7 @@ class Controller:
         if self.mode in ("auto", "ngram") and ngram_len:
             # Per position: the i-th drafted token extends the match to ngram_conf + i tokens.
             n = min(ngram_len, k_max)
-            options.append(self._best_k("ngram", [self.ngram_acc.p(ngram_conf + i) for i in range(n)], 0.0))
+            options.append(self._best_k("ngram", [self.ngram_acc.cautious(ngram_conf + i) for i in range(n)], 0.0))
         if not options:
             return Choice("none", 0)
         if self.mode == "auto" and self.since_plain >= self.probe_every:

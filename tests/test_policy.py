@@ -104,6 +104,10 @@ def test_ngram_is_used_when_it_pays_and_dropped_when_it_does_not():
     good = Controller(Costs(dict(CPU), draft_token=CPU_DRAFT), mode="auto")
     assert simulate(good, 0.0, accept_ngram=0.95, ngram_len=16, steps=300) > 1.5
     c = good.choose(ngram_len=16, ngram_conf=6.0)
+    if good.since_plain >= good.probe_every:  # this step is the periodic plain probe: take the next
+        assert c.drafter == "none"
+        good.update("none", [], 0, 0.0, good.costs.verify_cost(1))
+        c = good.choose(ngram_len=16, ngram_conf=6.0)
     assert c.drafter == "ngram" and c.k >= 8
     bad = Controller(Costs(dict(CPU), draft_token=CPU_DRAFT), mode="auto")
     assert simulate(bad, 0.0, accept_ngram=0.1, ngram_len=16, steps=300) > 0.9
@@ -232,7 +236,7 @@ def test_ngram_outcomes_settle_each_lookup_once():
 def test_the_controller_learns_from_lookups_it_did_not_draft():
     ctl = Controller(Costs(dict(CPU)), mode="auto", has_model=False)
     assert ctl.choose(ngram_len=16, ngram_conf=2.0).drafter == "none"  # a 2-token match: a coin flip
-    for _ in range(40):
+    for _ in range(60):
         ctl.observe_lookups([([2.0 + i for i in range(16)], 16)])  # ... that turned out to be copies
     c = ctl.choose(ngram_len=16, ngram_conf=2.0)
     assert c.drafter == "ngram" and c.k >= 8
