@@ -14,7 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from edgespec.policy import Costs, expected_tokens
+import numpy as np
+
+from edgespec.policy import MODEL_EDGES, Costs, expected_tokens
 from edgespec.registry import cache_dir
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
@@ -22,6 +24,17 @@ _FILLER = (
     "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n"
     "        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n            out.append(b[j]); j += 1\n"
     "    return out + a[i:] + b[j:]\n\nThe function merges two sorted lists in linear time. "
+)
+
+
+# For the draft model's acceptance prior: varied text (prose, code, data), not the repetitive filler.
+_SAMPLE = (
+    "The service keeps a small cache in front of the database. When a request arrives, it first checks "
+    "whether the key is present and fresh; otherwise it loads the row, stores it with a timestamp and "
+    "returns it.\n\n```python\ndef get_user(db, cache, user_id, ttl=300):\n    hit = cache.get(user_id)\n"
+    "    if hit and time.time() - hit[1] < ttl:\n        return hit[0]\n    row = db.fetch_one(\"SELECT * FROM users "
+    "WHERE id = ?\", (user_id,))\n    cache[user_id] = (row, time.time())\n    return row\n```\n\n"
+    'Example response: {"id": 42, "name": "Ada Lovelace", "roles": ["admin", "editor"], "active": true}\n'
 )
 
 
@@ -55,7 +68,8 @@ def load(target, draft) -> Costs | None:
     entry = _read_all().get(_key(target, draft))
     if not entry:
         return None
-    return Costs(verify={int(n): v for n, v in entry["verify"].items()}, draft_token=entry.get("draft_token"))
+    return Costs(verify={int(n): v for n, v in entry["verify"].items()}, draft_token=entry.get("draft_token"),
+                 draft_agreement=entry.get("draft_agreement"))
 
 
 def save(target, draft, costs: Costs) -> None:
@@ -64,7 +78,7 @@ def save(target, draft, costs: Costs) -> None:
     data[_key(target, draft)] = {
         "target": str(target.path), "draft": str(draft.path) if draft is not None else None,
         "verify": {str(n): v for n, v in sorted(costs.verify.items())}, "draft_token": costs.draft_token,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "draft_agreement": costs.draft_agreement, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     try:
         _path().parent.mkdir(parents=True, exist_ok=True)
@@ -110,13 +124,41 @@ def measure(target, draft, k_max: int = 16, reps: int = 4, position: int | None 
             per.append(time.perf_counter() - t0)
         costs.draft_token = min(per[2:])  # the first two warm the draft up
         draft.rollback(0)
+        costs.draft_agreement = agreement(target, draft, chunk=need)
     return costs
+
+
+def agreement(target, draft, chunk: int = 17) -> list[list[int]]:
+    """[hits, tries] per MODEL_EDGES bucket: at each position of a sample text (the true prefix fed to
+    both models), whether the draft's greedy token is the target's, bucketed by the draft's own
+    probability of it. That is the acceptance of a one-token greedy draft there.
+
+    Fed in batches of `chunk` positions, the size the memory plan allows logits for.
+    """
+    tokens = target.tokenize(_SAMPLE, add_special=True)[:96]
+    out = [[0, 0] for _ in MODEL_EDGES]
+    target.rollback(0)
+    draft.rollback(0)
+    for start in range(0, len(tokens), chunk):
+        part = tokens[start : start + chunk]
+        t = np.argmax(target.eval(part, logits="all"), axis=1)
+        rows = draft.eval(part, logits="all")
+        d = np.argmax(rows, axis=1)
+        top = rows[np.arange(len(part)), d].astype(np.float64)
+        q = 1.0 / np.exp(rows.astype(np.float64) - top[:, None]).sum(axis=1)  # the draft's probability of d
+        for hit, conf in zip(t == d, q):
+            b = max(i for i, e in enumerate(MODEL_EDGES) if conf >= e)
+            out[b][0] += int(hit)
+            out[b][1] += 1
+    target.rollback(0)
+    draft.rollback(0)
+    return out
 
 
 def load_or_measure(target, draft, k_max: int = 16) -> tuple[Costs, bool]:
     """(costs, measured_now): cached costs when this pair and setting were calibrated before."""
     cached = load(target, draft)
-    if cached is not None and (k_max + 1) <= max(cached.verify) and (draft is None or cached.draft_token):
+    if cached is not None and (k_max + 1) <= max(cached.verify) and (draft is None or (cached.draft_token and cached.draft_agreement)):
         return cached, False
     costs = measure(target, draft, k_max)
     save(target, draft, costs)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 MODES = ("auto", "model", "ngram", "none")
+MODEL_EDGES = (0.0, 0.3, 0.5, 0.7, 0.85, 0.95)  # the draft model's own probability of its token
+MODEL_PRIOR = (0.2, 0.4, 0.6, 0.75, 0.85, 0.92)  # a calibrated draft is accepted about that often
 NGRAM_EDGES = (0, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 NGRAM_PRIOR = (0.45, 0.6, 0.7, 0.75, 0.85, 0.87, 0.88, 0.9, 0.93, 0.95, 0.98)
 
@@ -28,7 +30,15 @@ class Costs:
     verify: dict[int, float]
     draft_token: float | None = None
     ngram_lookup: float = 5e-5
-    ema: float = 0.2  # weight of a new observation
+    # How often the draft model's greedy token was the target's, per MODEL_EDGES bucket of its own
+    # probability: [hits, tries] each, measured by calibration on a sample text. The acceptance prior.
+    draft_agreement: list[list[int]] | None = None
+    # Refreshing from real steps: on a shared or throttling machine noise only ever adds time, so a
+    # faster observation moves the estimate a lot and a slower one a little. A burst of slow steps
+    # (another process, a page-in) must not make speculation look like a bargain against a stale
+    # batch cost; a sustained slowdown still gets through, over a few dozen steps.
+    down: float = 0.3
+    up: float = 0.03
 
     def verify_cost(self, n: int) -> float:
         """Linear interpolation between measured sizes; linear extrapolation past the last one."""
@@ -44,14 +54,16 @@ class Costs:
         w = (n - lo) / (hi - lo)
         return self.verify[lo] * (1 - w) + self.verify[hi] * w
 
-    def observe_verify(self, n: int, seconds: float, weight: float | None = None) -> None:
-        old = self.verify.get(n)
-        w = self.ema if weight is None else weight
-        self.verify[n] = seconds if old is None else old + w * (seconds - old)
+    def _blend(self, old: float | None, new: float) -> float:
+        if old is None:
+            return new
+        return old + (self.down if new < old else self.up) * (new - old)
+
+    def observe_verify(self, n: int, seconds: float) -> None:
+        self.verify[n] = self._blend(self.verify.get(n), seconds)
 
     def observe_draft(self, per_token: float) -> None:
-        old = self.draft_token
-        self.draft_token = per_token if old is None else old + self.ema * (per_token - old)
+        self.draft_token = self._blend(self.draft_token, per_token)
 
 
 @dataclass
@@ -126,10 +138,13 @@ class Controller:
         self.k_max = k_max
         self.has_model = has_model
         self.margin = margin  # speculation must beat plain decoding by this much to be chosen
-        # Draft model: confidence is its own probability of the token; a calibrated draft would be accepted
-        # about that often, which is the prior.
-        self.model_acc = Acceptance(edges=[0.0, 0.3, 0.5, 0.7, 0.85, 0.95], prior=[0.2, 0.4, 0.6, 0.75, 0.85, 0.92])
-        self.model_rate = 0.6  # per-token acceptance, for planning before the draft exists
+        # Draft model: confidence is its own probability of the token. The prior is what calibration
+        # measured for this pair, where it did (blended with a generic one by bucket size), else generic.
+        prior, self.model_rate = list(MODEL_PRIOR), 0.6  # model_rate: per-token acceptance, for planning
+        if costs.draft_agreement and sum(t for _, t in costs.draft_agreement):
+            prior = [(h + 4 * p) / (t + 4) for (h, t), p in zip(costs.draft_agreement, MODEL_PRIOR)]
+            self.model_rate = sum(h for h, _ in costs.draft_agreement) / sum(t for _, t in costs.draft_agreement)
+        self.model_acc = Acceptance(edges=MODEL_EDGES, prior=prior)
         # N-gram: confidence of a drafted token is the match length it extends (2..64 + position).
         # Prior: per-token acceptance by that length over the greedy answers of the shipped bench
         # suite with the default pair (all categories pooled), rounded down: a 2-token match is a
@@ -225,9 +240,8 @@ class Controller:
     # ------------------------------------------------------------------ learning
     def update(self, drafter: str, confidence: Sequence[float], accepted: int, t_draft: float, t_verify: float) -> None:
         n = len(confidence)
-        probe = n == 0 and self.since_plain >= self.probe_every
         self.since_plain = 0 if n == 0 else self.since_plain + 1
-        self.costs.observe_verify(n + 1, t_verify, weight=0.5 if probe else None)
+        self.costs.observe_verify(n + 1, t_verify)
         if drafter == "model" and n:
             self.costs.observe_draft(t_draft / n)
             self.model_acc.update(confidence, accepted)

@@ -63,8 +63,10 @@ def test_costs_interpolate_and_extrapolate():
     c = Costs({1: 1.0, 4: 2.5, 8: 4.5})
     assert c.verify_cost(2) == pytest.approx(1.5)
     assert c.verify_cost(10) == pytest.approx(5.5)
-    c.observe_verify(4, 3.5)
-    assert c.verify_cost(4) == pytest.approx(2.7)
+    c.observe_verify(4, 3.5)  # slower: believed a little
+    assert c.verify_cost(4) == pytest.approx(2.5 + 0.03 * 1.0)
+    c.observe_verify(4, 1.5)  # faster: believed a lot
+    assert c.verify_cost(4) == pytest.approx(2.53 - 0.3 * 1.03)
 
 
 def test_a_calibration_taken_under_load_is_corrected_by_real_steps():
@@ -79,6 +81,19 @@ def test_a_calibration_taken_under_load_is_corrected_by_real_steps():
         ctl.update(c.drafter, [0.9] * c.k, int(0.7 * c.k), c.k * CPU_DRAFT, true.verify_cost(c.k + 1))
     assert ctl.costs.verify_cost(1) == pytest.approx(1.0, rel=0.1)
     assert ctl.choose().drafter == "none"
+
+
+def test_a_burst_of_slow_plain_steps_does_not_buy_the_draft_model():
+    """Another process takes the CPU for a moment: plain steps run 3x slower. Against the calibrated
+    (unchanged) batch costs that would make the draft model look like a bargain; it must not."""
+    ctl = Controller(Costs(dict(CPU), draft_token=CPU_DRAFT), mode="auto")
+    for _ in range(8):
+        assert ctl.choose().drafter == "none"
+        ctl.update("none", [], 0, 0.0, 3.0)
+    assert ctl.choose().drafter == "none"
+    for _ in range(200):  # a lasting slowdown of everything is believed in the end
+        ctl.update("none", [], 0, 0.0, 3.0)
+    assert ctl.costs.verify_cost(1) > 2.5
 
 
 def test_on_a_compute_bound_cpu_the_draft_model_is_never_chosen():
@@ -240,3 +255,13 @@ def test_the_controller_learns_from_lookups_it_did_not_draft():
         ctl.observe_lookups([([2.0 + i for i in range(16)], 16)])  # ... that turned out to be copies
     c = ctl.choose(ngram_len=16, ngram_conf=2.0)
     assert c.drafter == "ngram" and c.k >= 8
+
+
+def test_the_draft_models_prior_comes_from_calibration():
+    generic = Controller(Costs(dict(GPU), draft_token=GPU_DRAFT), mode="auto")
+    assert generic.choose().drafter == "model"  # a typical draft would pay on a GPU
+    poor = [[0, 10], [1, 10], [1, 10], [1, 10], [0, 0], [0, 0]]  # agreed on 3 of 40 sample positions
+    measured = Controller(Costs(dict(GPU), draft_token=GPU_DRAFT, draft_agreement=poor), mode="auto")
+    assert measured.model_rate == pytest.approx(3 / 40)
+    assert measured.model_acc.p(0.6) < generic.model_acc.p(0.6)
+    assert measured.choose().drafter == "none"  # this one is not worth trying

@@ -34,6 +34,7 @@ def calibrate(
     """Measure target and draft step costs, cache them, and predict the speed-up for each k."""
     from edgespec import calibrate as cal
     from edgespec import registry, runner
+    from edgespec.policy import MODEL_EDGES
 
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     load = runner.LoadOptions(
@@ -59,12 +60,18 @@ def calibrate(
         for name, per in drafters.items()
     }
     verdict = {name: cal.break_even(costs, per, k_max) for name, per in drafters.items()}
+    agree = None
+    if costs.draft_agreement:
+        hits, tries = sum(h for h, _ in costs.draft_agreement), sum(t for _, t in costs.draft_agreement)
+        agree = {"rate": round(hits / tries, 3) if tries else None, "tokens": tries,
+                 "by_draft_probability": {f">={e}": hb for e, hb in zip(MODEL_EDGES, costs.draft_agreement)}}
     if as_json:
         print(json.dumps({
             "target": str(models.target), "draft": str(models.draft) if dmodel is not None else None,
             "verify_s": {str(n): v for n, v in sorted(costs.verify.items())},
             "verify_relative": {str(n): round(v / base, 3) for n, v in sorted(costs.verify.items())},
-            "draft_token_s": costs.draft_token, "predicted_speedup": predicted, "break_even_acceptance": verdict,
+            "draft_token_s": costs.draft_token, "draft_agreement": agree, "predicted_speedup": predicted,
+            "break_even_acceptance": verdict,
         }, indent=1))
         return
 
@@ -77,6 +84,9 @@ def calibrate(
     out.print(t)
     if costs.draft_token is not None:
         out.print(f"draft model: {costs.draft_token * 1e3:.1f} ms per token = {costs.draft_token / base:.2f} of a target step")
+    if agree and agree["rate"] is not None:
+        out.print(f"draft model agreement: its greedy token was the target's at {100 * agree['rate']:.0f}% of "
+                  f"{agree['tokens']} positions of a sample text (the controller's starting acceptance estimate)")
     for name, table in predicted.items():
         pt = Table(title=f"predicted speed-up over plain decoding, {name} drafts (rows: k, columns: acceptance)")
         pt.add_column("k", justify="right")
