@@ -14,6 +14,12 @@ Greedy runs are compared with plain decoding of the same prompt and repeat: "exa
 (the first differing token is one where the target's top-2 logit margin, from a one-token
 evaluation of prompt + plain[:i], is below the near-tie bound: llama.cpp's batched CPU evaluation is
 not bit-identical to one-token evaluation) or "MISMATCH".
+
+With lockstep, the edgespec modes of one prompt and repeat run side by side instead of one after the
+other: each has its own KV caches (Model.twin: a second context on the same weights) and they take
+one step each in turn, in the run order's order. Each step is timed on its own, so a burst of noise
+(another process, a page-in) that lasts longer than a step or two hits every mode alike, and the
+paired speed-ups are much tighter on a shared machine. llama.cpp rows still run after them.
 """
 
 from __future__ import annotations
@@ -378,6 +384,7 @@ class Settings:
     ignore_eos: bool = False
     k_max: int = 16
     near_tie: float = NEAR_TIE
+    lockstep: bool = False  # edgespec modes of a prompt step in turn, each in its own context
 
 
 @dataclass
@@ -427,6 +434,7 @@ class Bench:
             self.tokens.append(toks)
         self.banned = list(target.eog_tokens) if settings.ignore_eos else []
         self.templates: dict[str, object] = {}
+        self._contexts: dict[str, tuple] = {}  # lockstep: mode name -> (target, draft) contexts
 
     def max_tokens(self, p: Prompt) -> int:
         return min(self.settings.max_tokens, p.max_tokens) if p.max_tokens else self.settings.max_tokens
@@ -489,6 +497,88 @@ class Bench:
             steps.close()
         return stats, out, finish, time.perf_counter() - t0, peak
 
+    def _models_for(self, mode: Mode):
+        """Lockstep: the first edgespec mode uses the loaded contexts, each further one a twin of its own."""
+        if mode.name not in self._contexts:
+            if not self._contexts:
+                self._contexts[mode.name] = (self.target, self.draft)
+            else:
+                need = max(len(t) for t in self.tokens) + self.settings.max_tokens + self.settings.k_max + 2
+                n_ctx = min(self.target.n_ctx, 256 * -(-need // 256))
+                t = self.target.twin(n_ctx)
+                d = self.draft.twin(n_ctx) if self.draft is not None and mode.drafter in ("model", "auto") else None
+                self._contexts[mode.name] = (t, d)
+        return self._contexts[mode.name]
+
+    def close(self) -> None:
+        """Free the lockstep twins (the loaded pair belongs to the caller)."""
+        for t, d in self._contexts.values():
+            if t is not self.target:
+                t.close()
+            if d is not None and d is not self.draft:
+                d.close()
+        self._contexts = {}
+
+    def _run_lockstep(self, items: list[tuple[int, int, int, Mode]]) -> list[Run]:
+        """(seq, repeat, prompt index, mode) of one prompt and repeat, edgespec modes only: one step each in turn."""
+        from edgespec.engine import Stats, generate
+
+        runs, live = [], []
+        for seq, repeat, pi, mode in items:
+            p = self.prompts[pi]
+            target, draft = self._models_for(mode)
+            target.rollback(0)
+            if draft is not None:
+                draft.rollback(0)
+            run = Run(seq, repeat, p.id, p.category, mode.name, mode.k)
+            run.prompt_tokens, run.tokens, run.peak_rss = len(self.tokens[pi]), [], current_rss()
+            gen = generate(
+                target, draft if mode.drafter in ("model", "auto") else None, self.tokens[pi],
+                sampling=self.settings.sampling, max_tokens=self.max_tokens(p), seed=self.settings.seed + 1000 * repeat + pi,
+                suppress=self.banned, controller=copy.deepcopy(self.templates[mode.name]),
+            )
+            runs.append((run, Stats()))
+            live.append((run, runs[-1][1], gen))
+        t0 = time.perf_counter()
+        try:
+            while live:
+                for item in list(live):
+                    run, stats, gen = item
+                    step = next(gen, None)
+                    if step is None:
+                        live.remove(item)
+                        run.wall_s = time.perf_counter() - t0  # includes the other modes' steps
+                        continue
+                    stats.add(step)
+                    run.tokens.extend(step.tokens)
+                    if step.finish:
+                        run.finish = step.finish
+                    rss = current_rss()
+                    if rss is not None and (run.peak_rss is None or rss > run.peak_rss):
+                        run.peak_rss = rss
+        finally:
+            for _, _, gen in live:
+                gen.close()
+        for run, stats in runs:
+            _fill_from_stats(run, stats)
+            run.text = self.target.detokenize(run.tokens)
+        return [run for run, _ in runs]
+
+    def _run_all_lockstep(self, order, res: Result, progress: Progress | None) -> None:
+        M = len(self.modes)
+        for g in range(0, len(order), M):
+            items = [(g + j, r, pi, self.modes[mi]) for j, (r, pi, mi) in enumerate(order[g : g + M])]
+            r, pi = items[0][1], items[0][2]
+            if progress:
+                progress(g, len(order), f"{self.prompts[pi].id}" + (f" · repeat {r + 1}" if self.settings.repeats > 1 else ""))
+            group = self._run_lockstep([it for it in items if not it[3].external])
+            for seq, rr, ppi, mode in items:
+                if mode.external:
+                    group.append(self._run_one(seq, rr, ppi, mode))
+            group.sort(key=lambda run: run.seq)
+            res.runs.extend(group)
+            self._compare(group)
+
     def _run_one(self, seq: int, repeat: int, pi: int, mode: Mode) -> Run:
         p = self.prompts[pi]
         run = Run(seq, repeat, p.id, p.category, mode.name, mode.k)
@@ -546,7 +636,9 @@ class Bench:
         M = len(self.modes)
         group: list[Run] = []
         try:
-            for seq, (r, pi, mi) in enumerate(order):
+            if self.settings.lockstep:
+                self._run_all_lockstep(order, res, progress)
+            for seq, (r, pi, mi) in enumerate([] if self.settings.lockstep else order):
                 mode = self.modes[mi]
                 if progress:
                     progress(seq, len(order), f"{self.prompts[pi].id} · {mode.name}" + (f" · repeat {r + 1}" if self.settings.repeats > 1 else ""))

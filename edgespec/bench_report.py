@@ -292,7 +292,7 @@ def document(result: Result, *, machine: dict, models: dict, extra: dict | None 
             "modes": [m.name for m in result.modes], "repeats": s.repeats, "max_tokens": s.max_tokens,
             "greedy": s.sampling.greedy, "temperature": s.sampling.temperature, "top_k": s.sampling.top_k,
             "top_p": s.sampling.top_p, "min_p": s.sampling.min_p, "seed": s.seed, "ignore_eos": s.ignore_eos,
-            "k_max": s.k_max, "near_tie_bound": s.near_tie, "warmup": s.warmup, **(extra or {}),
+            "k_max": s.k_max, "near_tie_bound": s.near_tie, "warmup": s.warmup, "lockstep": s.lockstep, **(extra or {}),
         },
         "order": ORDER_DOC,
         "machine": machine, "versions": versions(), "models": models,

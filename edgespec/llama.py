@@ -125,6 +125,7 @@ class Model:
         _ensure_backend()
         self._model = self._ctx = None
         self._batch = None
+        self._owns_model = True
 
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = int(n_gpu_layers)
@@ -157,23 +158,28 @@ class Model:
             cparams.type_v = int(type_v)
         if flash_attn is not None:  # a quantised V cache needs flash attention
             cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_AUTO
-        ctx = lc.llama_init_from_model(model, cparams)
+        self._cparams = cparams
+        self.n_batch = int(n_batch)
+        self.n_threads = threads
+        self.n_gpu_layers = int(n_gpu_layers)
+        self.plan = None  # the memory plan it was loaded with (edgespec.memory.Plan), when there was one
+        self._open_context(cparams)
+        self._pieces: list[bytes | None] = [None] * self.n_vocab
+
+    def _open_context(self, cparams) -> None:
+        ctx = lc.llama_init_from_model(self._model, cparams)
         if not ctx:
             reason = _last_llama_error()
             self.close()
             raise ModelLoadError(
-                f"llama.cpp could not create a {n_ctx}-token context for {self.path.name}"
+                f"llama.cpp could not create a {cparams.n_ctx}-token context for {self.path.name}"
                 + (f": {reason}" if reason else ""),
                 "try a smaller --ctx",
             )
         self._ctx = ctx
         self._mem = lc.llama_get_memory(ctx)
         self.n_ctx = int(lc.llama_n_ctx(ctx))
-        self.n_batch = int(n_batch)
-        self.n_threads = threads
-        self.n_gpu_layers = int(n_gpu_layers)
         self.tokens: list[int] = []  # what the KV cache holds, position by position
-        self.plan = None  # the memory plan it was loaded with (edgespec.memory.Plan), when there was one
 
         # One reusable batch; numpy views over its arrays make filling it cheap.
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -185,7 +191,19 @@ class Model:
         for i in range(self.n_batch):
             b.seq_id[i][0] = 0
 
-        self._pieces: list[bytes | None] = [None] * self.n_vocab
+    def twin(self, n_ctx: int | None = None) -> "Model":
+        """A second context (its own KV cache and batch) on the same loaded weights, for running two
+        generations side by side (edgespec bench --lockstep). Close it before this model."""
+        t = Model.__new__(Model)
+        t.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("_ctx", "_mem", "_batch", "tokens")})
+        t._owns_model = False
+        t._ctx = t._batch = None
+        cparams = type(self._cparams).from_buffer_copy(self._cparams)
+        if n_ctx is not None:
+            cparams.n_ctx = int(n_ctx)
+        t._cparams = cparams
+        t._open_context(cparams)
+        return t
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -197,7 +215,8 @@ class Model:
             lc.llama_free(self._ctx)
             self._ctx = None
         if self._model:
-            lc.llama_model_free(self._model)
+            if self._owns_model:
+                lc.llama_model_free(self._model)
             self._model = None
 
     def __enter__(self) -> "Model":

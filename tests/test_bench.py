@@ -222,6 +222,43 @@ def test_self_draft_runs_are_cold_independent_and_exact(load, tmp_path, monkeypa
     assert all(r.drafted == 0 and set(r.drafter_steps) == {"none"} for r in res.runs if r.mode == "plain")
 
 
+def test_lockstep_gives_each_mode_its_own_context_and_the_same_outputs(load, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
+    modes = ["plain,model-k3,ngram,auto"]
+    seq = _bench(load, "draft", modes, repeats=2).run()
+    b = _bench(load, "draft", modes, repeats=2, lockstep=True)
+    try:
+        lock = b.run()
+        assert len({id(t) for t, _ in b._contexts.values()}) == 4  # one target context per mode
+    finally:
+        b.close()
+    assert [(r.repeat, r.prompt_id, r.mode) for r in lock.runs] == [(r.repeat, r.prompt_id, r.mode) for r in seq.runs]
+    for a, r in zip(seq.runs, lock.runs):
+        assert r.tokens == a.tokens  # greedy: side by side changes nothing but the timing
+        assert r.prefill_tokens == r.prompt_tokens - 1 and r.decode_tps > 0 and r.speedup > 0
+        if r.mode in ("plain", "model-k3"):  # fixed choices (auto's depend on the step timings)
+            assert (r.drafted, r.accepted) == (a.drafted, a.accepted)
+        assert r.match in ("reference", "exact")
+    assert b._contexts == {}
+
+
+def test_a_twin_context_shares_weights_not_the_cache(load):
+    target = load("target")
+    twin = target.twin(256)
+    try:
+        prompt = target.tokenize("hello world, hello")
+        a = target.eval(prompt, logits="last")[-1].copy()
+        assert twin.n_past == 0 and twin.n_ctx == 256
+        b = twin.eval(prompt, logits="last")[-1].copy()
+        assert (a.argmax(), len(a)) == (b.argmax(), len(b))
+        assert abs(a - b).max() < 1e-4
+        twin.rollback(0)
+        assert target.n_past == len(prompt)  # the original's cache is untouched
+    finally:
+        twin.close()
+    assert target.eval([5], logits="last") is not None  # and the weights are still there
+
+
 def test_divergence_is_classified_by_the_target_margin(load, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
     b = _bench(load, "draft", ["plain,model-k2"])

@@ -49,6 +49,7 @@ def bench(
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (each prompt and repeat gets seed + 1000 x repeat + index, the same in every mode).")] = 0,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Always generate --max-tokens tokens.")] = False,
     k_max: KMaxOpt = 16,
+    lockstep: Annotated[bool, typer.Option("--lockstep", help="Run the edgespec modes of each prompt side by side, one step each in turn, each with its own KV cache: machine noise then hits every mode alike (tighter speed-ups on a shared or throttling machine; a little more memory).")] = False,
     near_tie: Annotated[float, typer.Option("--near-tie", min=0.0, help="Top-2 logit margin below which a greedy divergence from plain counts as a near-tie.")] = 0.5,
     ctx: CtxOpt = None,
     kv_type: KvTypeOpt = None,
@@ -108,7 +109,7 @@ def bench(
 
     settings = B.Settings(
         max_tokens=max_tokens or (B.QUICK_MAX_TOKENS if quick else B.DEFAULT_MAX_TOKENS),
-        repeats=repeats or 1, warmup=warmup, seed=seed, ignore_eos=ignore_eos, k_max=k_max, near_tie=near_tie,
+        repeats=repeats or 1, warmup=warmup, seed=seed, ignore_eos=ignore_eos, k_max=k_max, near_tie=near_tie, lockstep=lockstep,
         sampling=sampling_params(temp, top_k, top_p, min_p),
     )
     load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers,
@@ -127,7 +128,10 @@ def bench(
                 warm = b.warm_up()
             else:
                 warm = None
-        result = _run_with_progress(b)
+        try:
+            result = _run_with_progress(b)
+        finally:
+            b.close()  # lockstep twins, before the models they share
         result.calibration, result.warmup = calibration, warm
         result.loadavg = {"command_start": load_at_start, **(result.loadavg or {})}
         with err.status("describing the machine and models", spinner="dots"):
