@@ -42,7 +42,7 @@ def calibrate(
     )
     tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     try:
-        with err.status("measuring (a few seconds)", spinner="dots"):
+        with err.status("measuring (about 15 s on a 2-core CPU)", spinner="dots"):
             costs = cal.measure(tmodel, dmodel, k_max)
         cal.save(tmodel, dmodel, costs)
     finally:
