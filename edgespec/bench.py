@@ -539,7 +539,6 @@ class Bench:
             )
             runs.append((run, Stats()))
             live.append((run, runs[-1][1], gen))
-        t0 = time.perf_counter()
         try:
             while live:
                 for item in list(live):
@@ -547,7 +546,6 @@ class Bench:
                     step = next(gen, None)
                     if step is None:
                         live.remove(item)
-                        run.wall_s = time.perf_counter() - t0  # includes the other modes' steps
                         continue
                     stats.add(step)
                     run.tokens.extend(step.tokens)
@@ -561,6 +559,7 @@ class Bench:
                 gen.close()
         for run, stats in runs:
             _fill_from_stats(run, stats)
+            run.wall_s = stats.t_prefill + stats.t_decode  # its own steps only: the others ran in between
             run.text = self.target.detokenize(run.tokens)
         return [run for run, _ in runs]
 

@@ -236,6 +236,7 @@ def test_lockstep_gives_each_mode_its_own_context_and_the_same_outputs(load, tmp
     for a, r in zip(seq.runs, lock.runs):
         assert r.tokens == a.tokens  # greedy: side by side changes nothing but the timing
         assert r.prefill_tokens == r.prompt_tokens - 1 and r.decode_tps > 0 and r.speedup > 0
+        assert r.wall_s == pytest.approx(r.prefill_s + r.decode_s)  # its own steps, not the others'
         if r.mode in ("plain", "model-k3"):  # fixed choices (auto's depend on the step timings)
             assert (r.drafted, r.accepted) == (a.drafted, a.accepted)
         assert r.match in ("reference", "exact")
