@@ -33,11 +33,11 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgespec.engine import Stats, generate
+from edgespec.engine import Stats, Step, generate
 from edgespec.errors import EdgespecError, UsageError
 from edgespec.verify import SamplingParams
 
@@ -309,6 +309,42 @@ def _fill_from_stats(run: Run, s: Stats) -> None:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+@dataclass
+class _Live:
+    """One generation being driven, and what it has produced so far."""
+
+    steps: Iterator[Step]
+    stats: Stats = field(default_factory=Stats)
+    tokens: list[int] = field(default_factory=list)
+    finish: str | None = None
+    peak: int | None = None  # the process's peak RSS seen while it ran
+
+    def __post_init__(self):
+        self.peak = current_rss()
+
+
+def _drive(lives: Sequence[_Live]) -> None:
+    """Step each generation in turn until all are done (a single one simply runs to its end)."""
+    live = list(lives)
+    try:
+        while live:
+            for g in list(live):
+                step = next(g.steps, None)
+                if step is None:
+                    live.remove(g)
+                    continue
+                g.stats.add(step)
+                g.tokens.extend(step.tokens)
+                if step.finish:
+                    g.finish = step.finish
+                rss = current_rss()
+                if rss is not None and (g.peak is None or rss > g.peak):
+                    g.peak = rss
+    finally:
+        for g in live:
+            g.steps.close()
+
+
 def current_rss() -> int | None:
     """Resident set size of this process now, in bytes (None where it cannot be read)."""
     try:
@@ -471,31 +507,24 @@ class Bench:
         return {"prompt": self.prompts[i].id, "modes": done, "max_tokens": n}
 
     # --------------------------------------------------------------------------------- runs
-    def _generate(self, mode: Mode, prompt: list[int], max_tokens: int, seed: int) -> tuple[Stats, list[int], str | None, float, int | None]:
-        target, draft = self.target, self.draft
-        target.rollback(0)  # cold caches: every run pays its own prefill
+    def _start(self, mode: Mode, target, draft, prompt: list[int], max_tokens: int, seed: int) -> "_Live":
+        """A generation of `mode` on these contexts, from cold caches (every run pays its own prefill)."""
+        target.rollback(0)
         if draft is not None:
             draft.rollback(0)
-        ctl = copy.deepcopy(self.templates[mode.name])
-        stats, out, finish = Stats(), [], None
-        peak = current_rss()
+        return _Live(generate(
+            target, draft if mode.drafter in ("model", "auto") else None, prompt, sampling=self.settings.sampling,
+            max_tokens=max_tokens, seed=seed, suppress=self.banned, controller=copy.deepcopy(self.templates[mode.name]),
+        ))
+
+    def _generate(self, mode: Mode, prompt: list[int], max_tokens: int, seed: int) -> tuple[Stats, list[int], str | None, float, int | None]:
+        g = self._start(mode, self.target, self.draft, prompt, max_tokens, seed)
         t0 = time.perf_counter()
-        steps = generate(
-            target, draft if mode.drafter in ("model", "auto") else None, prompt,
-            sampling=self.settings.sampling, max_tokens=max_tokens, seed=seed, suppress=self.banned, controller=ctl,
-        )
-        try:
-            for step in steps:
-                stats.add(step)
-                out.extend(step.tokens)
-                if step.finish:
-                    finish = step.finish
-                rss = current_rss()
-                if rss is not None and (peak is None or rss > peak):
-                    peak = rss
-        finally:
-            steps.close()
-        return stats, out, finish, time.perf_counter() - t0, peak
+        _drive([g])
+        return g.stats, g.tokens, g.finish, time.perf_counter() - t0, g.peak
+
+    def _seed(self, repeat: int, pi: int) -> int:
+        return self.settings.seed + 1000 * repeat + pi  # the same for every mode of this prompt and repeat
 
     def _models_for(self, mode: Mode):
         """Lockstep: the first edgespec mode uses the loaded contexts, each further one a twin of its own."""
@@ -521,47 +550,16 @@ class Bench:
 
     def _run_lockstep(self, items: list[tuple[int, int, int, Mode]]) -> list[Run]:
         """(seq, repeat, prompt index, mode) of one prompt and repeat, edgespec modes only: one step each in turn."""
-        from edgespec.engine import Stats, generate
-
-        runs, live = [], []
+        runs, lives = [], []
         for seq, repeat, pi, mode in items:
             p = self.prompts[pi]
-            target, draft = self._models_for(mode)
-            target.rollback(0)
-            if draft is not None:
-                draft.rollback(0)
-            run = Run(seq, repeat, p.id, p.category, mode.name, mode.k)
-            run.prompt_tokens, run.tokens, run.peak_rss = len(self.tokens[pi]), [], current_rss()
-            gen = generate(
-                target, draft if mode.drafter in ("model", "auto") else None, self.tokens[pi],
-                sampling=self.settings.sampling, max_tokens=self.max_tokens(p), seed=self.settings.seed + 1000 * repeat + pi,
-                suppress=self.banned, controller=copy.deepcopy(self.templates[mode.name]),
-            )
-            runs.append((run, Stats()))
-            live.append((run, runs[-1][1], gen))
-        try:
-            while live:
-                for item in list(live):
-                    run, stats, gen = item
-                    step = next(gen, None)
-                    if step is None:
-                        live.remove(item)
-                        continue
-                    stats.add(step)
-                    run.tokens.extend(step.tokens)
-                    if step.finish:
-                        run.finish = step.finish
-                    rss = current_rss()
-                    if rss is not None and (run.peak_rss is None or rss > run.peak_rss):
-                        run.peak_rss = rss
-        finally:
-            for _, _, gen in live:
-                gen.close()
-        for run, stats in runs:
-            _fill_from_stats(run, stats)
-            run.wall_s = stats.t_prefill + stats.t_decode  # its own steps only: the others ran in between
-            run.text = self.target.detokenize(run.tokens)
-        return [run for run, _ in runs]
+            runs.append(Run(seq, repeat, p.id, p.category, mode.name, mode.k))
+            lives.append(self._start(mode, *self._models_for(mode), self.tokens[pi], self.max_tokens(p), self._seed(repeat, pi)))
+        _drive(lives)
+        for run, g, (_, _, pi, _) in zip(runs, lives, items):
+            # its own steps only: the other modes ran in between
+            self._fill(run, pi, g.stats, g.tokens, g.finish, g.stats.t_prefill + g.stats.t_decode, g.peak)
+        return runs
 
     def _run_all_lockstep(self, order, res: Result, progress: Progress | None) -> None:
         M = len(self.modes)
@@ -581,16 +579,18 @@ class Bench:
     def _run_one(self, seq: int, repeat: int, pi: int, mode: Mode) -> Run:
         p = self.prompts[pi]
         run = Run(seq, repeat, p.id, p.category, mode.name, mode.k)
-        seed = self.settings.seed + 1000 * repeat + pi  # the same for every mode of this prompt and repeat
+        seed = self._seed(repeat, pi)
         if mode.external:
             self.llama_cpp.run(run, self.target, self.draft, p, self.tokens[pi], self.max_tokens(p), seed)
             return run
-        stats, out, finish, wall, peak = self._generate(mode, self.tokens[pi], self.max_tokens(p), seed)
+        self._fill(run, pi, *self._generate(mode, self.tokens[pi], self.max_tokens(p), seed))
+        return run
+
+    def _fill(self, run: Run, pi: int, stats: Stats, tokens: list[int], finish: str | None, wall: float, peak: int | None) -> None:
         _fill_from_stats(run, stats)
         run.prompt_tokens = len(self.tokens[pi])
-        run.tokens, run.finish, run.wall_s, run.peak_rss = out, finish, wall, peak
-        run.text = self.target.detokenize(out)
-        return run
+        run.tokens, run.finish, run.wall_s, run.peak_rss = tokens, finish, wall, peak
+        run.text = self.target.detokenize(tokens)
 
     def _compare(self, group: list[Run]) -> None:
         """Speedups and match flags for one prompt and repeat, against its plain run."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespec.policy import MODEL_EDGES, Costs, expected_tokens
+from edgespec.policy import MODEL_EDGES, MODEL_PRIOR, Acceptance, Costs, expected_tokens
 from edgespec.registry import cache_dir
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
@@ -136,7 +136,7 @@ def agreement(target, draft, chunk: int = 17) -> list[list[int]]:
     Fed in batches of `chunk` positions, the size the memory plan allows logits for.
     """
     tokens = target.tokenize(_SAMPLE, add_special=True)[:96]
-    out = [[0, 0] for _ in MODEL_EDGES]
+    seen = Acceptance(edges=MODEL_EDGES, prior=MODEL_PRIOR)  # counts hits and tries by bucket
     target.rollback(0)
     draft.rollback(0)
     for start in range(0, len(tokens), chunk):
@@ -147,12 +147,10 @@ def agreement(target, draft, chunk: int = 17) -> list[list[int]]:
         top = rows[np.arange(len(part)), d].astype(np.float64)
         q = 1.0 / np.exp(rows.astype(np.float64) - top[:, None]).sum(axis=1)  # the draft's probability of d
         for hit, conf in zip(t == d, q):
-            b = max(i for i, e in enumerate(MODEL_EDGES) if conf >= e)
-            out[b][0] += int(hit)
-            out[b][1] += 1
+            seen.update([conf], int(hit))
     target.rollback(0)
     draft.rollback(0)
-    return out
+    return [[int(h), int(n)] for h, n in zip(seen.hits, seen.tries)]
 
 
 def load_or_measure(target, draft, k_max: int = 16) -> tuple[Costs, bool]:

@@ -22,6 +22,7 @@ from edgespec import runner
 from edgespec.engine import Stats, Step
 from edgespec.errors import ContextOverflowError, EdgespecError
 from edgespec.policy import MODES
+from edgespec.prefix import common_prefix
 FORMAT = "edgespec-chat"
 K_LIMIT = 64
 
@@ -238,15 +239,6 @@ class Turn:
         }
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _add_stats(total: Stats, s: Stats) -> None:
     """total += s, field by field (histograms merged key by key)."""
     for f in dataclasses.fields(Stats):
@@ -339,7 +331,7 @@ class Session:
             if step.phase == "prefill":
                 # The draft's cache now holds the prompt (less its last token) if the engine prefilled it.
                 if self.draft is not None and self.draft.tokens == list(prompt[:-1]):
-                    turn.draft_reused = _common_prefix(draft_before, prompt[:-1])
+                    turn.draft_reused = common_prefix(draft_before, prompt[:-1])
                     turn.draft_evaluated = len(prompt) - 1 - turn.draft_reused
                 return
             chars.add(step)

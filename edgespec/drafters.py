@@ -17,6 +17,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from edgespec import verify
+from edgespec.prefix import common_prefix
 from edgespec.verify import SamplingParams
 
 # Should another token be drafted? Called with the confidences so far; the policy supplies it.
@@ -88,7 +89,7 @@ class NgramDrafter:
         self.min_match = min_match
         self.max_match = max_match
         self._last: tuple[int, list[int], int] = (-1, [], 0)
-        self._pending: list[tuple[int, list[int], list[float]]] = []  # lookups not yet settled
+        self._pending: list[tuple[int, list[int], int]] = []  # (history length, continuation, match): not yet settled
 
     def lookup(self, history: Sequence[int], k: int) -> tuple[list[int], int]:
         """(continuation of up to k tokens, match length); ([], 0) when nothing matches."""
@@ -134,7 +135,7 @@ class NgramDrafter:
         cont, match = self.lookup(history, k)
         self._last = (len(history), cont, match)
         if cont:
-            self._pending.append((len(history), cont, [float(match + i) for i in range(len(cont))]))
+            self._pending.append((len(history), cont, match))
         return len(cont), float(match)
 
     def outcomes(self, history: Sequence[int]) -> list[tuple[list[float], int]]:
@@ -146,13 +147,13 @@ class NgramDrafter:
         a match length that looks unpromising still gets measured without paying for a draft.
         """
         done, keep = [], []
-        for start, cont, conf in self._pending:
+        for start, cont, match in self._pending:
             got = history[start : start + len(cont)]
-            n = next((i for i, (a, b) in enumerate(zip(got, cont)) if a != b), len(got))
+            n = common_prefix(got, cont)
             if n < len(got) or len(got) == len(cont):
-                done.append((conf, n))
+                done.append(([float(match + i) for i in range(len(cont))], n))  # as propose() rates them
             else:
-                keep.append((start, cont, conf))
+                keep.append((start, cont, match))
         self._pending = keep
         return done
 

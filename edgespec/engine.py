@@ -17,6 +17,7 @@ from edgespec import verify
 from edgespec.drafters import Draft, ModelDrafter, NgramDrafter
 from edgespec.errors import ContextOverflowError, UsageError
 from edgespec.policy import Controller, Costs
+from edgespec.prefix import common_prefix
 from edgespec.verify import SamplingParams
 
 
@@ -118,13 +119,6 @@ class Stats:
         }
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if list(a[:n]) == list(b[:n]):
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
-
-
 def generate(
     target: LM,
     draft: LM | None,
@@ -165,7 +159,7 @@ def generate(
     n_ctx = min(target.n_ctx, draft.n_ctx) if "model" in drafters else target.n_ctx
     q = np.zeros((ctl.k_max if ctl.k_fixed is None else max(ctl.k_fixed, 1), target.n_vocab), dtype=np.float32)
 
-    reused = _common_prefix(target.tokens, history[:-1])
+    reused = common_prefix(target.tokens, history[:-1])
     t0 = time.perf_counter()
     target.advance_to(history[:-1])
     t1 = time.perf_counter()

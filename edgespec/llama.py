@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError
+from edgespec.prefix import common_prefix
 
 import llama_cpp as lc  # noqa: E402  (after our imports so its logger set-up is replaced below)
 
@@ -286,16 +287,7 @@ class Model:
 
         With logits="last" the final token is always evaluated, so its logits are fresh.
         """
-        have = self.tokens
-        n = len(have)
-        if n <= len(tokens) and have == list(tokens[:n]):
-            p = n  # the usual case: the cache is a prefix of what we want
-        else:
-            p = 0
-            for a, b in zip(have, tokens):
-                if a != b:
-                    break
-                p += 1
+        p = common_prefix(self.tokens, tokens)
         if logits != "none":
             p = min(p, len(tokens) - 1)
         self.rollback(p)

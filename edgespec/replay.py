@@ -18,18 +18,10 @@ from typing import Callable, Sequence
 
 from edgespec.drafters import NgramDrafter
 from edgespec.policy import Controller, Costs
+from edgespec.prefix import common_prefix
 from edgespec.verify import SamplingParams
 
 _GREEDY = SamplingParams()
-
-
-def _agree(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass
@@ -54,7 +46,7 @@ def replay(prompt: Sequence[int], output: Sequence[int], costs: Costs,
         choice = ctl.choose(avail, conf, limit)
         draft = drafter.propose(history, choice.k, _GREEDY, None, None, lambda c: True) if choice.k else None
         tokens = draft.tokens if draft else []
-        acc = _agree(tokens, output[i:])
+        acc = common_prefix(tokens, output[i:])
         t = true.verify_cost(len(tokens) + 1)
         ctl.update(choice.drafter if tokens else "none", draft.confidence if draft else [], acc, 0.0, t)
         new = list(output[i : i + acc + 1])
@@ -77,7 +69,7 @@ def oracle(prompt: Sequence[int], output: Sequence[int], costs: Costs, k_max: in
     right = []
     for i in range(n):
         cont, _ = drafter.lookup(list(prompt) + list(output[:i]), k_max)
-        right.append(_agree(cont, output[i:]))
+        right.append(common_prefix(cont, output[i:]))
     best = [0.0] * (n + 1)  # best[i]: least time to produce output[i:]
     for i in range(n - 1, -1, -1):
         b = costs.verify_cost(1) + best[i + 1]
