@@ -26,8 +26,7 @@ from edgespec.policy import Costs
 def record(args) -> None:
     from edgespec import bench, calibrate, registry
     from edgespec.engine import generate
-    from edgespec.policy import Controller
-    from edgespec.runner import LoadOptions, load_pair, prompt_tokens
+    from edgespec.runner import GenOptions, LoadOptions, load_pair, make_controller, prompt_tokens
 
     models = registry.resolve(registry.load_registry(), args.pair, None, None)
     if models.missing:
@@ -41,7 +40,7 @@ def record(args) -> None:
         tokens = prompt_tokens(target, p.prompt, system=p.system)
         target.rollback(0)
         t0, answer = time.perf_counter(), []
-        ctl = Controller(Costs({1: 1.0}), mode="none", k=0, has_model=False)
+        ctl = make_controller(target, None, GenOptions(mode="none"))
         for step in generate(target, None, tokens, max_tokens=args.max_tokens, controller=ctl):
             answer += step.tokens
         print(f"{p.id}: {len(answer)} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
