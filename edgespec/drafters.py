@@ -43,24 +43,42 @@ class ModelDrafter:
 
     name = "model"
 
-    def __init__(self, model, suppress: np.ndarray | None = None):
+    def __init__(self, model, suppress: np.ndarray | None = None, target_vocab: int | None = None):
         self.model = model
-        self.suppress = suppress
+        # Draft and target vocabularies may differ in size (padding rows): draft only over the ids
+        # both have. A draft id the target lacks could never be accepted; a target id the draft
+        # lacks has proposal probability 0 (q is zero there).
+        self.n_shared = min(model.n_vocab, target_vocab or model.n_vocab)
+        self.suppress = suppress[suppress < self.n_shared] if suppress is not None else None
+        self._q = np.zeros((1, self.n_shared), dtype=np.float32)
+        self._seen = 0  # history tokens checked by usable()
+        self._usable = True
+
+    def usable(self, history: Sequence[int]) -> bool:
+        """False once the history holds a token the draft model does not have (a target-only id):
+        it could not be fed to the draft, so the draft model sits out the rest of the generation."""
+        if self._usable and len(history) > self._seen:
+            self._usable = int(np.max(np.asarray(history[self._seen :]))) < self.model.n_vocab
+            self._seen = len(history)
+        return self._usable
 
     def propose(self, history, k, sp, rng, q, keep_going) -> Draft:
         d = Draft()
         logits = self.model.advance_to(history, logits="last")
+        n = self.n_shared
         for i in range(k):
-            row = logits[-1]
+            row = logits[-1][:n]
             if self.suppress is not None:
                 row[self.suppress] = -np.inf
             if sp.greedy:
                 t = int(np.argmax(row))
                 conf = 1.0 / float(np.exp(row - row[t]).sum())  # the draft's own probability of t
             else:
-                verify.probs_from_logits(row[None, :], q[i : i + 1], sp.temperature, sp.top_k, sp.top_p, sp.min_p)
-                t = verify.sample_token(q[i], float(rng.random()))
-                conf = float(q[i, t])
+                verify.probs_from_logits(row[None, :], self._q, sp.temperature, sp.top_k, sp.top_p, sp.min_p)
+                q[i, :n] = self._q[0]
+                q[i, n:] = 0.0
+                t = verify.sample_token(self._q[0], float(rng.random()))
+                conf = float(self._q[0, t])
             d.tokens.append(t)
             d.confidence.append(conf)
             if i + 1 == k or self.model.is_eog(t) or not keep_going(d.confidence):

@@ -48,6 +48,7 @@ class Step:
     reused: int = 0  # prompt tokens found in the target's KV cache
     finish: str | None = None  # "stop" (end-of-generation token), "length", "context"
     drafter: str = "none"  # where this step's drafts came from: "model", "ngram" or "none"
+    note: str | None = None  # prefill: why drafting is limited for this generation, when it is
 
 
 @dataclass
@@ -150,10 +151,18 @@ def generate(
             f"the prompt is {len(prompt)} tokens but the context holds {target.n_ctx}", "use a larger --ctx or a shorter prompt"
         )
     ctl = controller or Controller(Costs({1: 1.0}), mode="model" if draft is not None else "none", k=k, has_model=draft is not None)
+    note = None
+    if not getattr(target, "can_rollback", True):
+        # Verification would leave rejected drafts in the target's state: decode plainly.
+        ctl, draft = Controller(Costs({1: 1.0}), mode="none", k=0, has_model=False), None
+        note = "the target cannot drop rejected draft tokens from its cache (a recurrent or hybrid model): decoding plainly"
+    elif draft is not None and not getattr(draft, "can_rollback", True):
+        ctl.has_model, draft = False, None
+        note = "the draft model cannot drop rejected tokens from its cache (a recurrent or hybrid model): drafting from the context only"
     ban = np.asarray(suppress, dtype=np.int64) if len(suppress) else None
     drafters = {"ngram": NgramDrafter()}
     if draft is not None and ctl.mode in ("auto", "model"):
-        drafters["model"] = ModelDrafter(draft, ban)
+        drafters["model"] = ModelDrafter(draft, ban, target.n_vocab)
     rng = np.random.default_rng(seed)
     history = list(prompt)
     n_ctx = min(target.n_ctx, draft.n_ctx) if "model" in drafters else target.n_ctx
@@ -163,9 +172,10 @@ def generate(
     t0 = time.perf_counter()
     target.advance_to(history[:-1])
     t1 = time.perf_counter()
-    if "model" in drafters and ctl.might_use_model():
-        draft.advance_to(history[:-1])
-    yield Step([], "prefill", prefill=len(history) - 1 - reused, reused=reused, t_verify=t1 - t0, t_draft=time.perf_counter() - t1)
+    if "model" in drafters and ctl.might_use_model() and drafters["model"].usable(history):
+        draft.advance_to(history[:-1])  # else it catches up when first chosen
+    yield Step([], "prefill", prefill=len(history) - 1 - reused, reused=reused, t_verify=t1 - t0, t_draft=time.perf_counter() - t1,
+               note=note)
 
     emitted = 0
     while True:
@@ -176,10 +186,12 @@ def generate(
         limit = min(max_tokens - emitted - 1, room, len(q))
 
         t0 = time.perf_counter()
+        if ctl.has_model and "model" in drafters and not drafters["model"].usable(history):
+            ctl.has_model = False  # a token the draft model lacks is in the history now
         n_gram, conf = drafters["ngram"].peek(history, limit) if ctl.mode in ("auto", "ngram") else (0, 0.0)
         choice = ctl.choose(n_gram, conf, limit)
         d, catch_up = Draft(), 0.0
-        if choice.drafter == "model" and len(history) - len(draft.tokens) > 2:
+        if choice.drafter == "model" and choice.k > 0 and len(history) - len(draft.tokens) > 2:
             # The draft model sat out earlier steps: bring its cache up to date, timed apart so the
             # controller's per-token draft cost is not inflated by it.
             tc = time.perf_counter()

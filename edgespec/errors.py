@@ -33,3 +33,7 @@ class UsageError(EdgespecError):
     """A bad option value."""
 
     exit_code = 2
+
+
+class RollbackError(EdgespecError):
+    """A model's cache could not drop rejected tokens (recurrent and hybrid models keep a state)."""

@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError
+from edgespec import cpu_paths
+from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError, RollbackError
 from edgespec.prefix import common_prefix
 
 import llama_cpp as lc  # noqa: E402  (after our imports so its logger set-up is replaced below)
@@ -121,7 +122,10 @@ class Model:
         type_k: int | None = None,
         type_v: int | None = None,
         flash_attn: bool | None = None,
+        cpu: "cpu_paths.Decision | str | None" = None,
     ):
+        """cpu: how to treat llama.cpp's AMX path (a cpu_paths.Decision, or a setting: auto, on, off;
+        None: $EDGESPEC_AMX, else auto)."""
         self.path = check_gguf(path)
         _ensure_backend()
         self._model = self._ctx = None
@@ -134,6 +138,7 @@ class Model:
             mparams.load_mode = lc.LLAMA_LOAD_MODE_MMAP_MLOCK if use_mmap else lc.LLAMA_LOAD_MODE_MLOCK
         elif not use_mmap:
             mparams.load_mode = lc.LLAMA_LOAD_MODE_NONE
+        self.cpu_paths = self._weight_paths(mparams, cpu, int(n_gpu_layers))
         _log_lines.clear()
         model = lc.llama_model_load_from_file(str(self.path).encode("utf-8"), mparams)
         if not model:
@@ -167,6 +172,23 @@ class Model:
         self._open_context(cparams)
         self._pieces: list[bytes | None] = [None] * self.n_vocab
 
+    def _weight_paths(self, mparams, cpu, n_gpu_layers: int) -> dict:
+        """Set up which CPU buffer types the weights may use; returns what was chosen, for reports."""
+        decision = cpu if isinstance(cpu, cpu_paths.Decision) else cpu_paths.decide(cpu)
+        placed = {"model": self.path.name, "amx": decision.use_amx}
+        if decision.avoids_amx:
+            # No extra buffer types (that is what selects AMX), and the CPU repack by name for the
+            # weights it supports: llama.cpp would otherwise pick it for them itself.
+            ov = cpu_paths.repack_overrides(self.path, n_gpu_layers, has_gpu=bool(lc.llama_supports_gpu_offload()))
+            mparams.use_extra_bufts = False
+            if ov.array is not None:
+                mparams.tensor_buft_overrides = ov.pointer()
+            self._overrides = ov  # llama.cpp reads the patterns while loading
+            placed["cpu_repack"] = f"{ov.tensors} of {ov.matrices} weight matrices (by name)"
+        else:
+            placed["cpu_repack"] = "llama.cpp's choice" if "CPU_REPACK" in cpu_paths.extra_buffer_types() else "not in this build"
+        return placed
+
     def _open_context(self, cparams) -> None:
         ctx = lc.llama_init_from_model(self._model, cparams)
         if not ctx:
@@ -181,6 +203,7 @@ class Model:
         self._mem = lc.llama_get_memory(ctx)
         self.n_ctx = int(lc.llama_n_ctx(ctx))
         self.tokens: list[int] = []  # what the KV cache holds, position by position
+        self.n_evaluated = 0  # tokens pushed through llama_decode by this context, in all
 
         # One reusable batch; numpy views over its arrays make filling it cheap.
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -267,6 +290,7 @@ class Model:
             if rc != 0:
                 raise EdgespecError(f"llama_decode failed with code {rc} on {self.path.name} at position {self.n_past}")
             self.tokens.extend(int(t) for t in chunk)
+            self.n_evaluated += m
         if logits == "none":
             return None
         rows = n if logits == "all" else 1
@@ -278,18 +302,33 @@ class Model:
 
         Always asks llama.cpp, even when `tokens` says there is nothing to drop: a Ctrl-C that lands
         between llama_decode and the bookkeeping leaves positions only the KV cache knows about.
+        Raises RollbackError where the memory cannot drop a tail (recurrent and hybrid models keep a
+        state, not positions: only the whole sequence can go).
         """
-        lc.llama_memory_seq_rm(self._mem, 0, n_past, -1)
+        if not lc.llama_memory_seq_rm(self._mem, 0, n_past, -1):
+            raise RollbackError(
+                f"{self.path.name} cannot drop its last {len(self.tokens) - n_past} cached tokens "
+                f"({'a recurrent or hybrid model' if not self.can_rollback else 'llama.cpp refused'})"
+            )
         del self.tokens[n_past:]
+
+    @functools.cached_property
+    def can_rollback(self) -> bool:
+        """Whether the KV cache can drop a tail of positions (what speculation needs to undo a
+        rejected draft). Recurrent (Mamba, RWKV) and hybrid models keep a running state instead."""
+        return not (lc.llama_model_is_recurrent(self._model) or lc.llama_model_is_hybrid(self._model))
 
     def advance_to(self, tokens: Sequence[int], logits: str = "none") -> np.ndarray | None:
         """Make the KV cache hold exactly `tokens`, evaluating only what it does not already hold.
 
-        With logits="last" the final token is always evaluated, so its logits are fresh.
+        With logits="last" the final token is always evaluated, so its logits are fresh. A model
+        that cannot drop a tail starts over when the cache holds more than the common prefix.
         """
         p = common_prefix(self.tokens, tokens)
         if logits != "none":
             p = min(p, len(tokens) - 1)
+        if p < len(self.tokens) and not self.can_rollback:
+            p = 0
         self.rollback(p)
         if p < len(tokens):
             return self.eval(tokens[p:], logits)
@@ -373,10 +412,26 @@ class Model:
             toks = toks[1:]  # the template wrote BOS itself
         return toks
 
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text (None when the file lacks the key)."""
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, 256)
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
     def describe(self) -> str:
+        """Architecture, parameter count and quantisation, e.g. "qwen2, 494M parameters, Q4_K - Medium".
+
+        The count comes from the weights themselves (llama.cpp's own description rounds a 0.5B
+        model up to "1B")."""
         desc = ctypes.create_string_buffer(256)
         lc.llama_model_desc(self._model, desc, 256)
-        return desc.value.decode("utf-8", "replace")
+        parts = desc.value.decode("utf-8", "replace").split(" ", 2)  # "<arch> <size> <file type>"
+        size = self.metadata("general.size_label")  # what the model's makers call it, e.g. "0.5B"
+        if not size:
+            n = int(lc.llama_model_n_params(self._model))  # counts a separate output matrix too
+            size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+        ftype = parts[2] if len(parts) == 3 else ""
+        return f"{parts[0]}, {size} parameters" + (f", {ftype}" if ftype else "")
 
 
 def check_compatible(target: Model, draft: Model) -> None:

@@ -272,20 +272,25 @@ class CpuFeatures:
     sve_cnt: int = 0
 
     def repacks(self, t: gguf_info.TensorInfo) -> bool:
-        """Whether llama.cpp's CPU backend keeps a repacked copy of this tensor (ggml-cpu/repack.cpp)."""
-        if len(t.shape) != 2 or t.name == "token_embd.weight":  # only matrices used by mat-mul
+        """Whether llama.cpp's CPU backend keeps a repacked copy of this tensor: the rules of
+        ggml_repack_get_optimal_repack_type (ggml-cpu/repack.cpp) for matrices used by mat-mul."""
+        if len(t.shape) != 2 or t.name == "token_embd.weight":  # the embedding is read by row lookups, not mat-mul
             return False
         rows = t.shape[1]
+        arm = self.neon and (self.i8mm or self.dotprod)
         name = t.type_name
         if name == "Q4_0":
-            return bool(((self.avx2 or (self.sve_cnt == 32 and self.i8mm)) and rows % 8 == 0)
-                        or (self.neon and (self.i8mm or self.dotprod) and rows % 4 == 0))
+            return bool(((self.avx2 or (self.sve_cnt == 32 and self.i8mm)) and rows % 8 == 0) or (arm and rows % 4 == 0))
         if name == "Q4_K":
-            return self.avx2 and rows % 8 == 0
+            return (self.avx2 or arm) and rows % 8 == 0
         if name == "Q2_K":
             return self.avx512 and rows % 8 == 0
-        if name == "IQ4_NL":
-            return self.neon and self.dotprod and rows % 4 == 0
+        if name in ("Q5_K", "Q6_K"):
+            return arm and rows % 8 == 0
+        if name in ("IQ4_NL", "MXFP4"):
+            return bool((self.avx2 and rows % 8 == 0) or (self.neon and self.dotprod and rows % 4 == 0))
+        if name in ("Q8_0", "Q1_0"):
+            return arm and rows % 4 == 0
         return False
 
 
@@ -437,7 +442,7 @@ class ModelEstimate:
         return {**asdict(self), "ram": self.ram, "vram": self.vram}
 
 
-def _gpu_split(info: gguf_info.GGUFInfo, n_gpu_layers: int) -> tuple[list[bool], bool]:
+def gpu_split(info: gguf_info.GGUFInfo, n_gpu_layers: int) -> tuple[list[bool], bool]:
     """Which repeating layers, and whether the output layer, llama.cpp puts on the GPU.
 
     llama.cpp offloads the *last* n_gpu_layers layers; n_layer + 1 (or -1) also moves the output layer.
@@ -464,7 +469,7 @@ def estimate_model(
     """Bytes `info` needs with these settings. unified: the GPU shares system RAM (Metal, iGPU)."""
     cpu = cpu if cpu is not None else cpu_features()
     n_ubatch = max(1, min(int(n_ubatch), pad_ctx(n_ctx)))
-    on_gpu, output_on_gpu = _gpu_split(info, n_gpu_layers) if n_gpu_layers else ([False] * info.n_layer, False)
+    on_gpu, output_on_gpu = gpu_split(info, n_gpu_layers) if n_gpu_layers else ([False] * info.n_layer, False)
     est = ModelEstimate(n_gpu_layers=int(n_gpu_layers))
 
     def tensor_on_gpu(t: gguf_info.TensorInfo) -> bool:

@@ -165,7 +165,7 @@ class Controller:
     # ------------------------------------------------------------------ choosing
     def might_use_model(self) -> bool:
         """Whether the draft model can be chosen at all (else its prefill is wasted work)."""
-        if not self.has_model or self.mode not in ("auto", "model"):
+        if not self.has_model or self.mode not in ("auto", "model") or self.k_fixed == 0:
             return False
         if self.mode == "model" or self.k_fixed is not None:
             return True
@@ -180,6 +180,8 @@ class Controller:
             return Choice("none", 0)
         if self.k_fixed is not None:
             k = min(self.k_fixed, k_max)
+            if k == 0:
+                return Choice("none", 0)
             if self.mode == "model" and self.has_model:
                 return Choice("model", k)
             if self.mode == "ngram" and ngram_len:

@@ -26,6 +26,7 @@ class LoadOptions:
     kv_type: str | None = None
     budget: str | None = None  # "6GB", "75%"
     use_mlock: bool | None = None
+    amx: str | None = None  # auto | on | off (None: $EDGESPEC_AMX, else auto)
 
 
 @dataclass
@@ -58,7 +59,7 @@ def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -
     Both files are checked and the plan is made before the slow loads start, so a pair that cannot
     fit fails in one line without loading anything. The plan is kept on the target as `.plan`.
     """
-    from edgespec import memory
+    from edgespec import cpu_paths, memory
 
     check_gguf(target)
     if draft is not None:
@@ -71,7 +72,7 @@ def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -
         n_gpu_layers=opts.n_gpu_layers, draft_gpu_layers=opts.draft_gpu_layers, use_mlock=opts.use_mlock,
     )
     common = dict(
-        n_ctx=plan.n_ctx, n_threads=opts.n_threads, n_batch=plan.n_ubatch, use_mmap=plan.use_mmap,
+        cpu=cpu_paths.decide(opts.amx), n_ctx=plan.n_ctx, n_threads=opts.n_threads, n_batch=plan.n_ubatch, use_mmap=plan.use_mmap,
         use_mlock=plan.use_mlock, type_k=plan.ggml_type_k, type_v=plan.ggml_type_v, flash_attn=plan.flash_attn,
     )
     t = Model(target, n_gpu_layers=plan.n_gpu_layers, **common)
@@ -148,6 +149,8 @@ def stream(
     try:
         for step in steps:
             reply.stats.add(step)
+            if step.note:
+                reply.warnings.append(step.note)
             if step.tokens:
                 reply.tokens.extend(step.tokens)
                 piece = text.push(step.tokens)

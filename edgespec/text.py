@@ -5,6 +5,32 @@ from __future__ import annotations
 import codecs
 from typing import Callable, Sequence
 
+from edgespec.errors import UsageError
+
+
+def decode_input(data: bytes, source: str) -> str:
+    """UTF-8 text from the user's bytes, or one line that names the first bad byte and where it is."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"{source} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}",
+            "convert it to UTF-8 first, e.g. with iconv -f latin1 -t utf-8",
+        ) from None
+
+
+def check_input(text: str, source: str) -> str:
+    """Text that came in through the OS (an argument, a line read in a non-UTF-8 mode) may hold
+    undecodable bytes as lone surrogates; refuse it the same way as bad bytes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return decode_input(text.encode("utf-8", "surrogateescape"), source)
+        except UnicodeEncodeError:
+            raise UsageError(f"{source} holds text that is not valid Unicode (a lone surrogate)") from None
+
 
 class TextStream:
     """Feed token ids, get back the text that is safe to show now.

@@ -229,13 +229,13 @@ def test_load_rejects_bad_files_in_one_line(load, tmp_path, content, needle):
 
 
 # --------------------------------------------------------------------------- the real program
-def spawn(args, env, color=False):
+def spawn(args, env, color=False, columns=250):
     env = dict(env, TERM="xterm")
     if not color:
         env["NO_COLOR"] = "1"
     p = pexpect.spawn(
         sys.executable, ["-m", "edgespec", "chat", *map(str, args)], env=env, cwd=str(REPO),
-        encoding="utf-8", codec_errors="replace", timeout=TIMEOUT, dimensions=(50, 250),
+        encoding="utf-8", codec_errors="replace", timeout=TIMEOUT, dimensions=(50, columns),
     )
     p.expect(PROMPT)
     return p
@@ -286,6 +286,34 @@ def test_pty_two_turns_only_new_tokens_then_slash_commands(tiny, cli_env):
     assert stats_json(p)["turns"][2]["drafted"] == 0
     assert "unknown command /bogus" in say(p, "/bogus", "unknown command[^\n]*\n")
     assert finish(p) == 0
+
+
+@pty
+@pytest.mark.parametrize("columns", [80, 120])
+def test_pty_status_lines_fit_the_terminal(tiny, cli_env, columns):
+    """The status after a reply breaks between its parts, never inside a word or a figure."""
+    p = spawn(tiny_args(tiny), cli_env, columns=columns)
+    p.sendline("hello")
+    p.expect_exact("hello")
+    p.expect(r"\d+ tokens · [\s\S]*?cached[^\n]*\n")
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", p.match.group(0))  # NO_COLOR still allows dim text
+    status = [ln.rstrip("\r") for ln in plain.splitlines() if ln.strip()]
+    p.expect(PROMPT)
+    assert finish(p) == 0
+    assert all(len(ln) <= columns for ln in status), status
+    joined = " · ".join(status)
+    for part in ("tok/s", "accepted", "mean accepted length", "prompt"):
+        assert part in joined
+    assert all(not ln.startswith(" ") and not ln.endswith("·") for ln in status)
+
+
+def test_panel_names_model_sizes_from_their_metadata(smollm2, tmp_path):
+    from edgespec.llama import Model
+
+    with Model(smollm2, n_ctx=256) as m:
+        assert m.describe() == "llama, 135M parameters, Q4_1"
 
 
 def interrupt_reply(p, text):

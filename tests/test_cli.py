@@ -56,7 +56,22 @@ def test_run_streams_text_and_stats(tiny, cli_env):
     spec = edgespec(["run", "-m", tiny["target"], "-d", tiny["self_draft"], "-n", "20", "--stats", "--raw", "Hello"], cli_env)
     assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout and spec.stdout.strip()
-    assert "drafted" in spec.stderr and "accepted" in spec.stderr and "tok/s" in spec.stderr
+    assert "Drafted" in spec.stderr and "accepted" in spec.stderr and "tok/s" in spec.stderr
+
+
+def test_stats_read_as_sentences_that_fit_80_columns(tiny, cli_env):
+    import re
+
+    env = dict(cli_env, COLUMNS="80")
+    proc = edgespec(["run", "-m", tiny["target"], "-d", tiny["draft"], "--k", "3", "-n", "20", "--stats", "--raw", "Hello"], env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("measuring")]
+    assert len(lines) == 3, proc.stderr
+    assert all(len(ln) <= 80 and ln.endswith(".") for ln in lines), lines
+    assert "{" not in proc.stderr and "}" not in proc.stderr  # no Python dict
+    assert re.match(r"Generated 20 tokens in \d+\.\d\d s \(\d+\.\d tok/s\); prompt: \d+ tokens in", lines[0])
+    assert re.match(r"Drafted \d+ tokens, accepted \d+ \(\d+\.\d%\), \d+\.\d\d per drafting step\.", lines[1])
+    assert re.match(r"Target passes: \d+ draft model(, \d+ plain)?; stopped at --max-tokens\.", lines[2])
 
 
 def test_prompt_from_stdin(tiny, cli_env):
@@ -75,6 +90,8 @@ def test_prompt_from_stdin(tiny, cli_env):
         ("k", ["--k must be >= 0"]),
         ("max_tokens", ["plus --max-tokens 5000 exceed the", "-token context"]),
         ("empty", ["prompt is empty"]),
+        ("bad_utf8_stdin", ["standard input is not valid UTF-8: byte 0xff at offset 0"]),
+        ("bad_utf8_arg", ["the prompt is not valid UTF-8: byte 0xff at offset 4"]),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny, cli_env, tmp_path, case, needles):
@@ -87,8 +104,20 @@ def test_bad_input_is_one_clear_line(tiny, cli_env, tmp_path, case, needles):
         "k": ["run", "-m", t, "-d", tiny["draft"], "--k", "-1", "hi"],
         "max_tokens": ["run", "-m", t, "--ctx", "64", "--max-tokens", "5000", "hi"],
         "empty": ["run", "-m", t, "   "],
+        "bad_utf8_stdin": ["run", "-m", t, "-"],
+        "bad_utf8_arg": ["run", "-m", t, b"bad \xff\xfe prompt \xc3"],
     }[case]
-    assert_one_line_error(edgespec(args, cli_env), *needles)
+    if case == "bad_utf8_stdin":
+        proc = subprocess.run([sys.executable, "-m", "edgespec", *map(str, args)], env=cli_env, capture_output=True,
+                              input=b"\xff\xfe bad \xc3", timeout=120)
+        proc.stderr = proc.stderr.decode("utf-8", "replace")
+    elif case == "bad_utf8_arg":
+        proc = subprocess.run([sys.executable.encode(), b"-m", b"edgespec", *(a if isinstance(a, bytes) else str(a).encode() for a in args)],
+                              env=cli_env, capture_output=True, timeout=120)
+        proc.stderr = proc.stderr.decode("utf-8", "replace")
+    else:
+        proc = edgespec(args, cli_env)
+    assert_one_line_error(proc, *needles)
 
 
 def test_debug_env_shows_the_traceback(tiny, cli_env):

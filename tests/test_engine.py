@@ -286,3 +286,168 @@ def test_ngram_and_auto_modes_keep_greedy_output(load, mode, k):
     assert stats.drafted > 0
     if mode == "ngram":
         assert set(stats.drafter_steps) <= {"ngram", "none"} and stats.drafter_steps.get("ngram")
+
+
+# ------------------------------------------------------------------- vocabularies of different size
+def _shared_vocab_pair(vt: int, vd: int, seed: int):
+    """A bigram target over vt ids and a draft over vd ids that agree on the ids both have. Where the
+    draft is wider, it puts most of its weight on ids the target lacks."""
+    rng = np.random.default_rng(seed)
+    n = max(vt, vd)
+    base = rng.standard_normal((n, n)).astype(np.float32) * 1.5
+    p = np.ascontiguousarray(base[:vt, :vt])
+    q = np.ascontiguousarray((base[:vd, :vd] + rng.standard_normal((vd, vd)).astype(np.float32) * 0.8))
+    if vd > vt:
+        q[:, vt:] += 4.0  # the draft's favourite tokens do not exist in the target
+    return BigramLM(p), BigramLM(q)
+
+
+@pytest.mark.parametrize("vt,vd", [(6, 8), (8, 6)])
+def test_greedy_with_vocabularies_of_different_size(vt, vd):
+    target, draft = _shared_vocab_pair(vt, vd, seed=3)
+    ref = []
+    prev = 0
+    for _ in range(30):
+        prev = int(np.argmax(target.table[prev]))
+        ref.append(prev)
+    out, stats = run(target, draft, [0], k=3, max_tokens=30)
+    assert out == ref
+    assert stats.drafted > 0
+
+
+@pytest.mark.parametrize("vt,vd", [(5, 7), (7, 5)])
+def test_sampling_with_vocabularies_of_different_size_has_the_target_distribution(vt, vd):
+    target, draft = _shared_vocab_pair(vt, vd, seed=5)
+    sp = SamplingParams(temperature=1.0)
+    counts, stats = _sample_counts(target, draft, 5000, 3, sp, k=3)
+    p = chi2_test(counts, _exact_joint(target, 3, 1.0))
+    print(f"target {vt} ids, draft {vd}: chi-square p={p:.3g}, acceptance {stats.acceptance_rate:.2f}")
+    assert stats.drafted > 0 and 0 < stats.accepted < stats.drafted
+    assert p > 1e-4
+
+
+def test_tiny_gguf_pair_with_vocabularies_of_different_size(load):
+    from edgespec.llama import check_compatible
+
+    target, draft = load("wide_target"), load("narrow_draft")
+    assert target.n_vocab == draft.n_vocab + 32
+    check_compatible(target, draft)
+    prompt = target.tokenize("different widths")
+    ref, margins = reference_greedy(target, prompt, 24)
+    out, stats = run(target, draft, prompt, k=4, max_tokens=24)
+    i = first_divergence(ref, out)
+    assert i is None or margins[i] < NEAR_TIE
+    assert stats.accepted > 0
+    sp = SamplingParams(temperature=0.9, top_k=20)
+    out, stats = run(target, draft, prompt, k=4, max_tokens=24, sampling=sp, seed=1)
+    assert len(out) == 24 and stats.drafted > 0
+
+
+# ------------------------------------------------------------------------ models that cannot roll back
+def test_recurrent_model_cannot_drop_a_tail(load):
+    from edgespec.errors import RollbackError
+
+    m = load("mamba")
+    assert not m.can_rollback
+    prompt = m.tokenize("a state, not positions")
+    m.eval(prompt, logits="none")
+    with pytest.raises(RollbackError):
+        m.rollback(len(prompt) - 2)
+    m.rollback(len(prompt))  # nothing to drop: fine
+    # advance_to starts over instead of keeping a state it cannot cut
+    fresh = np.array(load("mamba").advance_to(prompt[:5], logits="last"))
+    again = m.advance_to(prompt[:5], logits="last")
+    assert np.allclose(again, fresh, atol=1e-5)
+
+
+def test_recurrent_target_decodes_plainly_with_a_note(load):
+    target, draft = load("mamba"), load("target")  # same byte vocabulary; the draft's guesses are mostly wrong
+    prompt = target.tokenize("one two three one two three one two")
+    ref, _ = reference_greedy(target, prompt, 24)
+    steps = list(generate(target, draft, prompt, k=4, max_tokens=24))
+    assert [t for s in steps for t in s.tokens] == ref
+    assert "decoding plainly" in (steps[0].note or "")
+    assert sum(s.drafted for s in steps) == 0
+
+
+def test_recurrent_draft_leaves_context_drafts(load):
+    from edgespec.policy import Controller, Costs
+
+    target, draft = load("target"), load("mamba")
+    text = "one two three four five six seven eight nine ten. " * 3
+    prompt = target.tokenize(text)
+    ref, margins = reference_greedy(target, prompt, 40)
+    costs = Costs({n: 1.0 + 0.05 * n for n in range(1, 18)}, draft_token=0.01)
+    steps = list(generate(target, draft, prompt, max_tokens=40, controller=Controller(costs, mode="auto")))
+    out = [t for s in steps for t in s.tokens]
+    i = first_divergence(ref, out)
+    assert i is None or margins[i] < NEAR_TIE
+    assert "context only" in (steps[0].note or "")
+    assert {s.drafter for s in steps} <= {"ngram", "none"} and draft.n_evaluated == 0
+
+
+# ------------------------------------------------------------------------------- k = 0 costs nothing
+@pytest.mark.parametrize("mode", ["auto", "model"])
+def test_k0_never_touches_the_draft_model(load, mode):
+    from edgespec.policy import Controller, Costs
+
+    target, draft = load("target"), load("draft")
+    prompt = target.tokenize("k = 0 is plain decoding " * 3)
+    ref, _ = reference_greedy(target, prompt, 30)
+    before = draft.n_evaluated
+    ctl = Controller(Costs({1: 1.0}), mode=mode, k=0, k_max=1)
+    out, stats = run(target, draft, prompt, max_tokens=30, controller=ctl)
+    assert out == ref and stats.drafted == 0
+    assert draft.n_evaluated == before and draft.tokens == []
+
+
+def test_k0_from_the_command_line_options(load):
+    from edgespec.runner import GenOptions, make_controller
+
+    target, draft = load("target"), load("draft")
+    ctl = make_controller(target, draft, GenOptions(mode="auto", k=0))
+    prompt = target.tokenize("plain " * 10)
+    run(target, draft, prompt, max_tokens=20, controller=ctl)
+    assert draft.n_evaluated == 0
+
+
+# --------------------------------------------------------------- sampling with context (n-gram) drafts
+def _cyclic_bigram(v: int, seed: int) -> np.ndarray:
+    """Random logits with a bias towards 0 -> 1 -> ... -> v-1 -> 0, so a repeating prompt's n-gram
+    lookup is right about half the time."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((v, v)).astype(np.float32)
+    for a in range(v):
+        table[a, (a + 1) % v] += 1.5
+    return table
+
+
+@pytest.mark.parametrize("mode,k", [("ngram", 3), ("ngram", None), ("auto", None)])
+def test_sampling_with_context_drafts_has_the_target_distribution(mode, k):
+    from edgespec.policy import Controller, Costs
+
+    v, length = 4, 3
+    table = _cyclic_bigram(v, seed=8)
+    prompt = [0, 1, 2, 3] * 4 + [0, 1, 2, 3, 0]
+    sp = SamplingParams(temperature=1.0)
+    counts = np.zeros((v,) * length, dtype=np.int64)
+    stats = Stats()
+    costs = Costs({n: 1.0 + 0.01 * n for n in range(1, 18)}, draft_token=0.05)  # drafting always looks worth it
+    for s in range(5000):
+        target = BigramLM(table)
+        draft = BigramLM(table + 0.7 * np.random.default_rng(100 + s % 7).standard_normal((v, v)).astype(np.float32)) if mode == "auto" else None
+        ctl = Controller(Costs(dict(costs.verify), draft_token=costs.draft_token), mode=mode, k=k, has_model=draft is not None)
+        toks = []
+        for step in generate(target, draft, prompt, sampling=sp, max_tokens=length, seed=s, controller=ctl):
+            stats.add(step)
+            toks.extend(step.tokens)
+        counts[tuple(toks)] += 1
+    start = BigramLM(table)
+    cond = np.stack([start.probs(a) for a in range(v)])
+    joint = cond[0]  # the prompt ends in token 0
+    for _ in range(length - 1):
+        joint = joint[..., None] * cond
+    p = chi2_test(counts, joint)
+    print(f"{mode} k={k}: chi-square p={p:.3g}, drafted {stats.drafted}, accepted {stats.accepted}, steps {stats.drafter_steps}")
+    assert stats.drafter_steps.get("ngram", 0) > 1000 and 0 < stats.accepted < stats.drafted
+    assert p > 1e-4

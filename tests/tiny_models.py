@@ -98,6 +98,13 @@ def write_model(
     w.add_head_count_kv(N_HEAD_KV)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    return _finish(w, path, weights, tokens, types, chat_template, bos, eos)
+
+
+def _finish(w, path: Path, weights, tokens, types, chat_template, bos: int = 1, eos: int = 2) -> Path:
+    """The part every tiny model shares: F32 weights, the byte tokenizer, the chat template, the file."""
+    import gguf
+
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -117,8 +124,43 @@ def write_model(
     return path
 
 
+def write_mamba(path: Path, tokens: list[str], types: list[int], seed: int = 5) -> Path:
+    """A tiny Mamba (recurrent) model: its memory keeps a running state, so it cannot drop a tail."""
+    import gguf
+
+    v, e, inner, state, conv, rank = len(tokens), N_EMBD, 2 * N_EMBD, 16, 4, 4
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, std=0.2):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    wr = gguf.GGUFWriter(str(path), "mamba")
+    wr.add_name("tiny-mamba")
+    wr.add_context_length(N_CTX_TRAIN)
+    wr.add_embedding_length(e)
+    wr.add_block_count(N_LAYER)
+    wr.add_feed_forward_length(0)
+    wr.add_head_count(0)
+    wr.add_ssm_conv_kernel(conv)
+    wr.add_ssm_inner_size(inner)
+    wr.add_ssm_state_size(state)
+    wr.add_ssm_time_step_rank(rank)
+    wr.add_layer_norm_rms_eps(1e-5)
+    t = {"token_embd.weight": w(v, e, std=1.0), "output_norm.weight": np.ones(e, np.float32), "output.weight": w(v, e, std=0.5)}
+    for i in range(N_LAYER):
+        p = f"blk.{i}."
+        t.update({
+            p + "attn_norm.weight": np.ones(e, np.float32), p + "ssm_in.weight": w(2 * inner, e),
+            p + "ssm_conv1d.weight": w(inner, conv), p + "ssm_conv1d.bias": w(inner), p + "ssm_x.weight": w(rank + 2 * state, inner),
+            p + "ssm_dt.weight": w(inner, rank), p + "ssm_dt.bias": w(inner), p + "ssm_a": -np.exp(w(inner, state)),
+            p + "ssm_d": np.ones(inner, np.float32), p + "ssm_out.weight": w(e, inner),
+        })
+    return _finish(wr, path, t, tokens, types, CHATML)
+
+
 def build_set(root: Path) -> dict[str, Path]:
-    """The test models: target, a perturbed draft, a draft with a different tokenizer, copies to corrupt."""
+    """The test models: target, a perturbed draft, a draft with a different tokenizer, a wider target and its
+    narrower draft, a recurrent model, copies to corrupt."""
     root.mkdir(parents=True, exist_ok=True)
     tokens, types = byte_vocab()
     tw = make_weights(1234, len(tokens))
@@ -127,6 +169,13 @@ def build_set(root: Path) -> dict[str, Path]:
         "draft": write_model(root / "draft.gguf", perturb(tw, 99, 0.02), tokens, types, name="tiny-draft"),
         "self_draft": write_model(root / "self_draft.gguf", tw, tokens, types, name="tiny-self"),
     }
+    # A target with 32 more (padding) tokens than its draft, as Qwen2.5 7B+ (152064 rows) beside 0.5B (151936).
+    wide_tokens, wide_types = byte_vocab(extra=32)
+    ww = make_weights(1234, len(wide_tokens))
+    paths["wide_target"] = write_model(root / "wide_target.gguf", ww, wide_tokens, wide_types, name="tiny-wide")
+    narrow = {k: (a[: len(tokens)] if k in ("token_embd.weight", "output.weight") else a) for k, a in perturb(ww, 98, 0.02).items()}
+    paths["narrow_draft"] = write_model(root / "narrow_draft.gguf", narrow, tokens, types, name="tiny-narrow")
+    paths["mamba"] = write_mamba(root / "mamba.gguf", tokens, types)
     other_tokens, other_types = byte_vocab(swap=(100, 101))
     paths["other_vocab"] = write_model(root / "other_vocab.gguf", tw, other_tokens, other_types, name="tiny-other")
     raw = paths["target"].read_bytes()

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from edgespec.commands.options import (
+    AmxOpt,
     TopKOpt, TopPOpt, MinPOpt, sampling_params,
     BudgetOpt, CtxOpt, DraftNglOpt, DraftOpt, KMaxOpt, KvTypeOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err, load_models,
@@ -57,6 +58,7 @@ def bench(
     threads: ThreadsOpt = None,
     n_gpu_layers: NglOpt = None,
     draft_gpu_layers: DraftNglOpt = None,
+    amx: AmxOpt = None,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", show_default=False, help="Write every number, the machine, versions and model hashes as JSON ('-': stdout; the tables then go to stderr).")] = None,
     csv_out: Annotated[Optional[str], typer.Option("--csv", metavar="FILE", show_default=False, help="Write one CSV row per run (with the machine, versions and models on each row).")] = None,
     plot_out: Annotated[Optional[str], typer.Option("--plot", metavar="FILE.png", show_default=False, help="Draw speedup per category and mode (needs matplotlib: install the plot extra, or pip install matplotlib).")] = None,
@@ -113,7 +115,7 @@ def bench(
         sampling=sampling_params(temp, top_k, top_p, min_p),
     )
     load = runner.LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers,
-                              kv_type=kv_type, budget=budget)
+                              kv_type=kv_type, budget=budget, amx=amx)
     tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     try:
         llama_cpp = None
@@ -136,6 +138,9 @@ def bench(
         result.loadavg = {"command_start": load_at_start, **(result.loadavg or {})}
         with err.status("describing the machine and models", spinner="dots"):
             machine = R.machine_info()
+            from edgespec import cpu_paths
+
+            machine["cpu_paths"] = cpu_paths.report(cpu_paths.decide(amx), (tmodel, dmodel))
             model_docs = {"target": R.model_info(models.target), "draft": R.model_info(models.draft) if dmodel is not None else None}
         plan = getattr(tmodel, "plan", None)
         extra = {

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgespec.commands.options import (
+    AmxOpt,
     BudgetOpt, CtxOpt, KvTypeOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err, load_models,
 )
 
@@ -29,22 +30,24 @@ def calibrate(
     threads: ThreadsOpt = None,
     n_gpu_layers: NglOpt = None,
     draft_gpu_layers: DraftNglOpt = None,
+    amx: AmxOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements and predictions as JSON.")] = False,
 ) -> None:
     """Measure target and draft step costs, cache them, and predict the speed-up for each k."""
     from edgespec import calibrate as cal
-    from edgespec import registry, runner
+    from edgespec import cpu_paths, registry, runner
     from edgespec.policy import MODEL_EDGES
 
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     load = runner.LoadOptions(
-        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
+        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget, amx=amx
     )
     tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     try:
         with err.status("measuring (about 15 s on a 2-core CPU)", spinner="dots"):
             costs = cal.measure(tmodel, dmodel, k_max)
         cal.save(tmodel, dmodel, costs)
+        paths = cpu_paths.report(cpu_paths.decide(amx), (tmodel, dmodel))
     finally:
         tmodel.close()
         if dmodel is not None:
@@ -71,11 +74,12 @@ def calibrate(
             "verify_s": {str(n): v for n, v in sorted(costs.verify.items())},
             "verify_relative": {str(n): round(v / base, 3) for n, v in sorted(costs.verify.items())},
             "draft_token_s": costs.draft_token, "draft_agreement": agree, "predicted_speedup": predicted,
-            "break_even_acceptance": verdict,
+            "break_even_acceptance": verdict, "cpu_paths": paths,
         }, indent=1))
         return
 
     out = Console()
+    out.print(f"CPU weight paths: {cpu_paths.summary(cpu_paths.decide(amx))}", soft_wrap=True)
     t = Table(title="target decode of n positions (logits at each)")
     for col in ("n", "ms", "x one token", "ms per position"):
         t.add_column(col, justify="right")

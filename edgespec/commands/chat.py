@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgespec.commands.options import (
+    AmxOpt,
     TempOpt, TopKOpt, TopPOpt, MinPOpt, SeedOpt, sampling_params,
     BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err, load_models,
@@ -59,6 +60,7 @@ def chat(
     threads: ThreadsOpt = None,
     n_gpu_layers: NglOpt = None,
     draft_gpu_layers: DraftNglOpt = None,
+    amx: AmxOpt = None,
 ) -> None:
     """Chat with a model; replies stream as they are generated.
 
@@ -84,7 +86,7 @@ def chat(
         stop=tuple(stop or ()), ignore_eos=ignore_eos,
     )
     load = runner.LoadOptions(
-        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
+        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget, amx=amx
     )
     tmodel, dmodel = load_models(models, load, yes=yes, source=source)
     code = 0
@@ -144,7 +146,8 @@ def _converse(session, messages: Iterable[str], show, interactive: bool) -> int:
             finally:
                 show.end()
             if interactive:
-                err.print(escape(_status(session, turn)), style="dim", soft_wrap=True)
+                for line in fit_parts(_status_parts(session, turn), err.size.width):
+                    err.print(escape(line), style="dim", soft_wrap=True)
             for w in turn.warnings:
                 err.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
             if not interactive and turn.finish == "interrupted":
@@ -157,24 +160,34 @@ def _converse(session, messages: Iterable[str], show, interactive: bool) -> int:
     return 0
 
 
-def _status(session, turn) -> str:
-    """One line after each reply: tokens, speed, drafting, what the prompt cost."""
+def fit_parts(parts: list[str], width: int, sep: str = " · ") -> list[str]:
+    """Join parts into lines no wider than `width`, breaking only between parts (a part wider than
+    the terminal gets a line of its own and the terminal's wrapping)."""
+    lines: list[str] = []
+    for p in parts:
+        if lines and len(lines[-1]) + len(sep) + len(p) <= width:
+            lines[-1] += sep + p
+        else:
+            lines.append(p)
+    return lines
+
+
+def _status_parts(session, turn) -> list[str]:
+    """What the status after each reply says: tokens, speed, drafting, what the prompt cost."""
     s = turn.stats
     parts = [f"{s.generated} tokens", f"{s.tokens_per_s:.1f} tok/s"]
     if s.drafted:
         k = f"k={turn.max_k}" if session.gen.k is not None else f"k≤{turn.max_k} (auto)"
         drafters = "+".join(sorted(turn.drafters, key=turn.drafters.get, reverse=True))
-        parts.append(
-            f"{drafters} drafts {k}: {s.accepted}/{s.drafted} accepted ({100 * s.acceptance_rate:.0f}%), "
-            f"mean accepted length {s.mean_accepted:.2f}"
-        )
+        parts.append(f"{drafters} drafts {k}: {s.accepted}/{s.drafted} accepted ({100 * s.acceptance_rate:.0f}%)")
+        parts.append(f"mean accepted length {s.mean_accepted:.2f}")
     else:
         parts.append(f"no drafts (mode {session.gen.mode}, k {session.k_text()})")
     parts.append(f"prompt {s.prompt_tokens} new + {s.reused_tokens} cached")
     note = {"interrupted": "interrupted", "length": "cut at --max-tokens", "context": "context full"}.get(turn.finish or "")
     if note:
         parts.append(note)
-    return " · ".join(parts)
+    return parts
 
 
 def _panel(session) -> Panel:

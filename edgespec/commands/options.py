@@ -52,6 +52,10 @@ TopKOpt = Annotated[int, typer.Option("--top-k", help="Sampling: keep the k most
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Sampling: nucleus probability (1: off).")]
 MinPOpt = Annotated[float, typer.Option("--min-p", help="Sampling: drop tokens below min-p x the top one (0: off).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", show_default=False)]
+AmxOpt = Annotated[
+    Optional[str],
+    typer.Option("--amx", help="llama.cpp's AMX kernels for quantised weights: auto (probed once where the CPU has AMX), on or off (default: $EDGESPEC_AMX, else auto).", show_default=False),
+]
 KMaxOpt = Annotated[int, typer.Option("--k-max", help="Longest draft the controller may choose.", min=1, max=64)]
 
 
@@ -62,9 +66,13 @@ def load_models(models, load, *, yes: bool, source: str):
     """
     from rich.markup import escape
 
-    from edgespec import pull, runner
+    from edgespec import cpu_paths, pull, runner
 
     pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
+    with err.status("checking llama.cpp's CPU kernels on this machine", spinner="dots"):
+        decision = cpu_paths.decide(load.amx)  # probes once per CPU and llama.cpp build, where AMX is offered
+    if decision.notice():
+        err.print(f"[yellow]note:[/] {escape(decision.notice())}", soft_wrap=True)
     names = models.target.name + (f" and {models.draft.name}" if models.draft else "")
     with err.status(f"loading {escape(names)}", spinner="dots"):
         return runner.load_pair(models.target, models.draft, load)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgespec.commands.models import CacheDirOpt, use_cache_dir
-from edgespec.commands.options import DraftOpt, PairOpt, TargetOpt, err
+from edgespec.commands.options import AmxOpt, DraftOpt, PairOpt, TargetOpt, err
 from edgespec.errors import EdgespecError, UsageError
 
 
@@ -26,6 +26,7 @@ def plan(
     n_gpu_layers: Annotated[Optional[int], typer.Option("--n-gpu-layers", help="Target layers on the GPU (-1: all) (default: chosen).", show_default=False)] = None,
     draft_gpu_layers: Annotated[Optional[int], typer.Option("--draft-gpu-layers", help="Draft layers on the GPU (-1: all) (default: chosen).", show_default=False)] = None,
     mlock: Annotated[bool, typer.Option("--mlock", help="Lock the weights in RAM (if the memlock limit allows).")] = False,
+    amx: AmxOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -34,7 +35,7 @@ def plan(
     Reads only the GGUF headers; nothing is loaded. Fails with one line saying what would fit when
     nothing does.
     """
-    from edgespec import memory, registry
+    from edgespec import cpu_paths, memory, registry
 
     use_cache_dir(cache_dir)
     if kv_type is not None and kv_type not in memory.KV_TYPES:
@@ -53,13 +54,16 @@ def plan(
         n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, use_mlock=mlock or None,
         k=models.k if models.k is not None else 4, system=system,
     )
+    decision = cpu_paths.decide(amx)
+    if decision.notice():
+        err.print(f"note: {escape(decision.notice())}", soft_wrap=True)
     if as_json:
-        sys.stdout.write(json.dumps(p.as_dict(), indent=1) + "\n")
+        sys.stdout.write(json.dumps({**p.as_dict(), "cpu_paths": cpu_paths.report(decision)}, indent=1) + "\n")
         return
-    print_plan(p, Console())
+    print_plan(p, Console(), cpu_paths.summary(decision))
 
 
-def print_plan(p, console: Console) -> None:
+def print_plan(p, console: Console, cpu_line: str | None = None) -> None:
     from rich.table import Table
 
     from edgespec.memory import fmt_bytes
@@ -77,6 +81,7 @@ def print_plan(p, console: Console) -> None:
         ("KV cache", f"{p.type_k}" + (" (flash attention on)" if p.flash_attn else "")),
         ("GPU layers", f"target {ngl(p.n_gpu_layers)}" + (f", draft {ngl(p.draft_gpu_layers)}" if p.draft else "") + f" ({p.offload})"),
         ("mmap / mlock", f"{'on' if p.use_mmap else 'off'} / {'on' if p.use_mlock else 'off'}"),
+        *([("CPU weights", cpu_line)] if cpu_line else []),
         ("RAM", f"{fmt_bytes(p.ram)} of a {fmt_bytes(p.budget)} budget ({fmt_bytes(s.available)} available of {fmt_bytes(s.total)}, {s.source})"),
         ("GPU memory", f"{fmt_bytes(p.vram)} of a {fmt_bytes(p.vram_budget)} budget ({gpus})" if s.gpus else "no GPU found"),
     ]

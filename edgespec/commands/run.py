@@ -9,6 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from edgespec.commands.options import (
+    AmxOpt,
     TempOpt, TopKOpt, TopPOpt, MinPOpt, SeedOpt, sampling_params,
     BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
     YesOpt, err, load_models,
@@ -42,6 +43,7 @@ def run(
     threads: ThreadsOpt = None,
     n_gpu_layers: NglOpt = None,
     draft_gpu_layers: DraftNglOpt = None,
+    amx: AmxOpt = None,
     stats: Annotated[bool, typer.Option("--stats", help="Print drafted/accepted counts and speed to stderr.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply and the stats as one JSON object.")] = False,
 ) -> None:
@@ -53,12 +55,13 @@ def run(
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
     models = registry.resolve(registry.load_registry(), pair, target, draft)
-    if prompt == "-":
-        prompt = sys.stdin.read()
+    from edgespec.text import check_input, decode_input
+
+    prompt = decode_input(sys.stdin.buffer.read(), "standard input") if prompt == "-" else check_input(prompt, "the prompt")
     sampling = sampling_params(temp, top_k, top_p, min_p)
     gen = runner.GenOptions(mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed, stop=tuple(stop or ()), ignore_eos=ignore_eos)
     load = runner.LoadOptions(
-        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget
+        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget, amx=amx
     )
 
     tmodel, dmodel = load_models(models, load, yes=yes, source=source)
@@ -94,12 +97,27 @@ def run(
         raise typer.Exit(130)
 
 
-def _print_stats(reply) -> None:
+DRAFTER_NAMES = {"model": "draft model", "ngram": "n-gram", "none": "plain"}
+FINISH = {"stop": "the model ended the reply", "length": "stopped at --max-tokens", "context": "the context is full",
+          "interrupted": "interrupted"}
+
+
+def stats_lines(reply) -> list[str]:
+    """--stats as a few short sentences, each under 80 columns, so no terminal breaks a figure."""
     s = reply.stats
-    err.print(
-        f"[dim]{s.generated} tokens in {s.t_decode:.2f}s ({s.tokens_per_s:.1f} tok/s), "
-        f"prefill {s.prompt_tokens} tokens in {s.t_prefill:.2f}s | drafted {s.drafted}, accepted {s.accepted} "
-        f"({100 * s.acceptance_rate:.1f}%), mean accepted length {s.mean_accepted:.2f} | "
-        f"steps by drafter {s.drafter_steps} | "
-        f"finish: {reply.finish}[/]"
-    )
+    lines = [f"Generated {s.generated} tokens in {s.t_decode:.2f} s ({s.tokens_per_s:.1f} tok/s); "
+             f"prompt: {s.prompt_tokens} tokens in {s.t_prefill:.2f} s."]
+    if s.drafted:
+        lines.append(f"Drafted {s.drafted} tokens, accepted {s.accepted} ({100 * s.acceptance_rate:.1f}%), "
+                     f"{s.mean_accepted:.2f} per drafting step.")
+    else:
+        lines.append("Nothing was drafted.")
+    steps = ", ".join(f"{n} {DRAFTER_NAMES.get(name, name)}" for name, n in sorted(s.drafter_steps.items(), key=lambda kv: -kv[1]))
+    finish = FINISH.get(reply.finish or "", reply.finish or "finished")
+    lines.append(f"Target passes: {steps or 'none'}; {finish}.")
+    return lines
+
+
+def _print_stats(reply) -> None:
+    for line in stats_lines(reply):
+        err.print(f"[dim]{line}[/]", soft_wrap=True)
