@@ -48,7 +48,7 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr, never a traceback."""
     debug = bool(os.environ.get("EDGESPEC_DEBUG"))
     if sys.argv[1:2] == ["__cpu-probe"]:  # the packaged executable running its own CPU probe child
-        from edgespec import cpu_probe
+        from edgespec.machine import cpu_probe
 
         sys.exit(cpu_probe.main(sys.argv[2:]))
     try:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from edgespec import verify
+from edgespec.core import verify
 
 N_VOCAB = 151936
 K = 5

@@ -20,13 +20,15 @@ import statistics
 import sys
 import time
 
-from edgespec.policy import Costs
+from edgespec.core.policy import Costs
 
 
 def record(args) -> None:
-    from edgespec import bench, calibrate, registry
-    from edgespec.engine import generate
-    from edgespec.runner import GenOptions, LoadOptions, load_pair, make_controller, prompt_tokens
+    from edgespec.bench import runs as bench
+    from edgespec.machine import calibrate
+    from edgespec.models import registry
+    from edgespec.core.engine import generate
+    from edgespec.session.runner import GenOptions, LoadOptions, load_pair, make_controller, prompt_tokens
 
     models = registry.resolve(registry.load_registry(), args.pair, None, None)
     if models.missing:
@@ -50,7 +52,7 @@ def record(args) -> None:
 
 
 def replay_cmd(args) -> None:
-    from edgespec.replay import oracle, replay
+    from edgespec.bench.replay import oracle, replay
 
     data = json.load(open(args.traces))
     costs = Costs({int(n): v for n, v in data["verify_s"].items()})

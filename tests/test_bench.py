@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from edgespec import bench as B
-from edgespec import bench_llamacpp as L
-from edgespec import bench_report as R
+from edgespec.bench import runs as B
+from edgespec.bench import llamacpp as L
+from edgespec.bench import report as R
 from edgespec.errors import UsageError
-from edgespec.verify import SamplingParams
+from edgespec.core.verify import SamplingParams
 from test_cli import assert_one_line_error, edgespec
 
 TINY_SUITE = [
@@ -495,7 +495,7 @@ def test_generated_text_follows_the_echoed_prompt():
 
 
 def test_prompt_echo_is_what_llama_cpp_prints(load):
-    from edgespec.runner import prompt_tokens
+    from edgespec.session.runner import prompt_tokens
 
     m = load("target")
     toks = prompt_tokens(m, "def fib(n):")
@@ -546,9 +546,9 @@ def fake_binary(tmp_path: Path) -> Path:
 def plain_replies(target_path: Path, rows, max_tokens: int) -> dict[str, str]:
     """What plain greedy decoding says to each prompt, as hex bytes (the fake binary prints it, so the match
     check can pass; random tiny models print invalid UTF-8 too)."""
-    from edgespec.engine import generate
-    from edgespec.llama import Model
-    from edgespec.runner import prompt_tokens
+    from edgespec.core.engine import generate
+    from edgespec.llama.model import Model
+    from edgespec.session.runner import prompt_tokens
 
     out = {}
     with Model(target_path, n_ctx=512, n_threads=2) as m:

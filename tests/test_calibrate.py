@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgespec import calibrate
+from edgespec.machine import calibrate
 
 
 def test_agreement_of_a_model_with_itself_is_total(load):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from edgespec import runner
-from edgespec.chat import Conversation, Session, _DraftChars, tokenize_continuation
-from edgespec.engine import Step
+from edgespec.session import runner
+from edgespec.session.chat import Conversation, Session, _DraftChars, tokenize_continuation
+from edgespec.core.engine import Step
 from edgespec.errors import EdgespecError
-from edgespec.verify import SamplingParams
+from edgespec.core.verify import SamplingParams
 
 try:
     import pexpect
@@ -310,7 +310,7 @@ def test_pty_status_lines_fit_the_terminal(tiny, cli_env, columns):
 
 
 def test_panel_names_model_sizes_from_their_metadata(smollm2, tmp_path):
-    from edgespec.llama import Model
+    from edgespec.llama.model import Model
 
     with Model(smollm2, n_ctx=256) as m:
         assert m.describe() == "llama, 135M parameters, Q4_1"
@@ -451,7 +451,7 @@ def test_piped_mode_writes_only_the_replies(tiny, cli_env, tmp_path):
 
 INJECT_FAILURE = """
 import sys
-from edgespec import runner
+from edgespec.session import runner
 from edgespec.errors import EdgespecError
 
 def broken(target, draft, tokens, opts, reply, controller=None):
@@ -492,7 +492,7 @@ def test_chat_bad_options_are_one_line(tiny, cli_env):
 @pytest.mark.slow
 @pty
 def test_smollm2_pty_second_turn_decodes_only_new_tokens(smollm2, cli_env):
-    from edgespec.llama import Model
+    from edgespec.llama.model import Model
 
     p = spawn(["-m", smollm2, "-d", smollm2, "--draft-mode", "model", "--k", "4", "-n", "48", "--ctx", "2048"], cli_env)
     say(p, "What is the capital of France?")

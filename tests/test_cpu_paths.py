@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from edgespec import cpu_paths
+from edgespec.machine import cpu_paths
 from edgespec.errors import UsageError
 
 PY = sys.executable
@@ -139,7 +139,8 @@ def test_probe_model_is_a_valid_quantised_gguf(tmp_path):
     import gguf
     from gguf.quants import dequantize
 
-    from edgespec import cpu_probe, gguf_write
+    from edgespec.machine import cpu_probe
+    from edgespec.llama import gguf_write
 
     path = cpu_probe.write_model(tmp_path / "probe.gguf")
     reader = gguf.GGUFReader(str(path))
@@ -155,7 +156,8 @@ def test_probe_model_is_a_valid_quantised_gguf(tmp_path):
 
 
 def test_repack_overrides_name_exactly_the_supported_matrices(tmp_path, tiny):
-    from edgespec import cpu_probe, gguf_info, memory
+    from edgespec.machine import cpu_probe, memory
+    from edgespec.llama import gguf_read as gguf_info
 
     path = cpu_probe.write_model(tmp_path / "probe.gguf")
     ov = cpu_paths.repack_overrides(path)
@@ -176,7 +178,7 @@ def test_repack_overrides_name_exactly_the_supported_matrices(tmp_path, tiny):
 
 def test_loading_without_amx_decodes_the_same(load, tmp_path):
     """The path taken when AMX is avoided (no extra buffer types, repack by name) gives the same logits."""
-    from edgespec import cpu_probe
+    from edgespec.machine import cpu_probe
 
     path = cpu_probe.write_model(tmp_path / "probe.gguf")
     avoid = cpu_paths.Decision(available=True, use_amx=False, reason="test")
@@ -190,14 +192,14 @@ def test_loading_without_amx_decodes_the_same(load, tmp_path):
 def test_qwen_without_amx_keeps_the_repack_and_the_output(qwen_pair):
     """On the 1.5B target: 168 of its matrices (the Q4_K ones) get the CPU repack by name where the CPU has
     AVX2, and greedy decoding is unchanged."""
-    from edgespec.llama import Model
+    from edgespec.llama.model import Model
 
     avoid = cpu_paths.Decision(available=True, use_amx=False, reason="test")
     outs = []
     for cpu in (None, avoid):
         with Model(qwen_pair[0], n_ctx=512, n_threads=2, cpu=cpu) as m:
             if cpu is avoid and "CPU_REPACK" in cpu_paths.extra_buffer_types():
-                from edgespec import memory
+                from edgespec.machine import memory
 
                 if memory.cpu_features().avx2:
                     assert m.cpu_paths["cpu_repack"].startswith("168 of ")

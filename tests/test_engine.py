@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgespec import verify
-from edgespec.engine import Stats, generate
+from edgespec.core import verify
+from edgespec.core.engine import Stats, generate
 from edgespec.errors import ContextOverflowError, UsageError
-from edgespec.verify import SamplingParams
+from edgespec.core.verify import SamplingParams
 from fake_lm import BigramLM
 from stats_util import chi2_test
 
@@ -268,7 +268,7 @@ def test_sampling_on_tiny_gguf_has_the_target_distribution(load):
 @pytest.mark.parametrize("mode,k", [("ngram", 8), ("ngram", None), ("auto", None)])
 def test_ngram_and_auto_modes_keep_greedy_output(load, mode, k):
     """Whatever drafts (n-gram lookup, draft model, nothing), greedy output stays the target's."""
-    from edgespec.policy import Controller, Costs
+    from edgespec.core.policy import Controller, Costs
 
     target, draft = load("target"), load("self_draft")
     text = "one two three four five six seven eight nine ten. " * 3
@@ -327,7 +327,7 @@ def test_sampling_with_vocabularies_of_different_size_has_the_target_distributio
 
 
 def test_tiny_gguf_pair_with_vocabularies_of_different_size(load):
-    from edgespec.llama import check_compatible
+    from edgespec.llama.model import check_compatible
 
     target, draft = load("wide_target"), load("narrow_draft")
     assert target.n_vocab == draft.n_vocab + 32
@@ -371,7 +371,7 @@ def test_recurrent_target_decodes_plainly_with_a_note(load):
 
 
 def test_recurrent_draft_leaves_context_drafts(load):
-    from edgespec.policy import Controller, Costs
+    from edgespec.core.policy import Controller, Costs
 
     target, draft = load("target"), load("mamba")
     text = "one two three four five six seven eight nine ten. " * 3
@@ -389,7 +389,7 @@ def test_recurrent_draft_leaves_context_drafts(load):
 # ------------------------------------------------------------------------------- k = 0 costs nothing
 @pytest.mark.parametrize("mode", ["auto", "model"])
 def test_k0_never_touches_the_draft_model(load, mode):
-    from edgespec.policy import Controller, Costs
+    from edgespec.core.policy import Controller, Costs
 
     target, draft = load("target"), load("draft")
     prompt = target.tokenize("k = 0 is plain decoding " * 3)
@@ -402,7 +402,7 @@ def test_k0_never_touches_the_draft_model(load, mode):
 
 
 def test_k0_from_the_command_line_options(load):
-    from edgespec.runner import GenOptions, make_controller
+    from edgespec.session.runner import GenOptions, make_controller
 
     target, draft = load("target"), load("draft")
     ctl = make_controller(target, draft, GenOptions(mode="auto", k=0))
@@ -424,7 +424,7 @@ def _cyclic_bigram(v: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("mode,k", [("ngram", 3), ("ngram", None), ("auto", None)])
 def test_sampling_with_context_drafts_has_the_target_distribution(mode, k):
-    from edgespec.policy import Controller, Costs
+    from edgespec.core.policy import Controller, Costs
 
     v, length = 4, 3
     table = _cyclic_bigram(v, seed=8)

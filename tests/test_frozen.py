@@ -71,7 +71,7 @@ def run(exe: Path, args, env, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 def platform_cache_dir(env: dict[str, str]) -> Path:
     """Where edgespec itself says the cache is, for this environment (the frozen executable must agree)."""
-    from edgespec import registry
+    from edgespec.models import registry
 
     with mock.patch.dict(os.environ, env, clear=True):
         return registry.cache_dir()
@@ -85,7 +85,7 @@ def test_version(exe, env, tmp_path):
 
 @slow
 def test_models_list_uses_the_bundled_registry(exe, env, tmp_path):
-    from edgespec.registry import load_registry, shipped_registry_path
+    from edgespec.models.registry import load_registry, shipped_registry_path
 
     proc = run(exe, ["models", "list", "--json"], env, tmp_path)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -6,7 +6,7 @@ import pytest
 
 import synthetic_gguf
 import tiny_models
-from edgespec import gguf_info
+from edgespec.llama import gguf_read as gguf_info
 from edgespec.errors import IncompatibleModelsError
 
 
@@ -79,7 +79,7 @@ def test_bad_files_fail_with_one_line(tiny, tmp_path):
 
 
 def test_pairing_from_metadata_agrees_with_loaded_models(tiny, load):
-    from edgespec.llama import check_compatible
+    from edgespec.llama.model import check_compatible
 
     t = gguf_info.read(tiny["target"], tokens=True)
     for name, ok in (("draft", True), ("self_draft", True), ("other_vocab", False)):

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 import synthetic_gguf
-from edgespec import gguf_info, memory
+from edgespec.llama import gguf_read as gguf_info
+from edgespec.machine import memory
 from edgespec.errors import EdgespecError, UsageError
-from edgespec.memory import GiB, MiB, CpuFeatures, GpuInfo, SystemMemory
+from edgespec.machine.memory import GiB, MiB, CpuFeatures, GpuInfo, SystemMemory
 
 NO_REPACK = CpuFeatures()
 AVX2 = CpuFeatures(avx2=True, avx512=True)
@@ -129,7 +130,7 @@ def test_gpu_split_follows_llama_cpp(synth):
 def _kv_mib_from_llama_cpp(model_path: Path, n_ctx: int, type_k: int, type_v: int) -> float:
     import llama_cpp as lc
 
-    from edgespec import llama
+    from edgespec.llama import model as llama
 
     llama._ensure_backend()
     mp = lc.llama_model_default_params()
@@ -320,7 +321,7 @@ MEASURE = textwrap.dedent(
     """
     import json, sys
     import edgespec.cli  # the CLI's imports: the process the estimate is for
-    from edgespec.llama import Model
+    from edgespec.llama.model import Model
 
     paths, n_ctx, n_prompt = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
     models = [Model(p, n_ctx=n_ctx, n_threads=2, use_mmap=True) for p in paths]
@@ -363,7 +364,7 @@ def test_estimate_matches_peak_rss(request, which, n_ctx, n_prompt):
 @pytest.mark.slow
 def test_compute_buffer_reserve_matches_llama_cpp(smollm2):
     """What llama.cpp reserves for the graph (what a GPU would have to hold), against the estimate."""
-    from edgespec import llama
+    from edgespec.llama import model as llama
 
     with llama.Model(smollm2, n_ctx=2048, n_threads=2) as m:
         sizes = [float(x.group(1)) for line in llama._log_lines if (x := re.search(r"CPU compute buffer size =\s*([\d.]+) MiB", line))]

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from edgespec import verify
+from edgespec.core import verify
 
 
 @pytest.mark.skipif(not os.environ.get("EDGESPEC_REQUIRE_NATIVE"), reason="only where the native build is required (CI)")

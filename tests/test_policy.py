@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgespec.drafters import NgramDrafter
-from edgespec.policy import Acceptance, Controller, Costs, expected_tokens
+from edgespec.core.drafters import NgramDrafter
+from edgespec.core.policy import Acceptance, Controller, Costs, expected_tokens
 
 # Relative costs measured on this project's 2-core CPU (shared facts): verification is compute-bound.
 CPU = {1: 1.0, 2: 1.75, 3: 2.3, 4: 2.9, 5: 3.2, 6: 3.7, 8: 4.8, 12: 5.8, 16: 5.5, 17: 5.9}

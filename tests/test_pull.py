@@ -19,7 +19,7 @@ import pytest
 
 import fake_hub  # sets HF_HUB_DISABLE_XET before huggingface_hub is imported
 
-from edgespec import registry
+from edgespec.models import registry
 from edgespec.errors import EdgespecError
 
 REPO, FILE = "org/tiny-GGUF", "tiny-q4.gguf"

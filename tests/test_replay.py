@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgespec.policy import Costs
-from edgespec.replay import oracle, replay
+from edgespec.core.policy import Costs
+from edgespec.bench.replay import oracle, replay
 
 # The shape of this project's CPU curve (seconds): a 16-position batch costs about nine plain steps.
 CPU = {1: 0.031, 2: 0.060, 3: 0.083, 4: 0.103, 5: 0.128, 6: 0.150, 8: 0.232, 10: 0.270, 12: 0.294, 16: 0.277, 17: 0.331}

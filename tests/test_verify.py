@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from edgespec import verify
+from edgespec.core import verify
 from stats_util import chi2_sf
-from edgespec.verify import (
+from edgespec.core.verify import (
     SamplingParams,
     reference_greedy_accept,
     reference_probs_from_logits,
@@ -409,7 +409,7 @@ KERNEL_CHECK = """
 import sys
 import numpy as np
 from edgespec import _native
-from edgespec.verify import reference_greedy_accept, reference_probs_from_logits
+from edgespec.core.verify import reference_greedy_accept, reference_probs_from_logits
 if _native.kernel_variant() != sys.argv[1]:
     sys.exit(3)  # this CPU lacks the variant
 rng = np.random.default_rng(0)
@@ -442,7 +442,7 @@ import sys, warnings
 sys.modules["edgespec._native"] = None  # makes `from edgespec import _native` raise ImportError
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    import edgespec.verify as v
+    import edgespec.core.verify as v
 messages = [str(w.message) for w in caught]
 assert any("native extension not built" in m and "numpy reference" in m for m in messages), messages
 assert not v.NATIVE

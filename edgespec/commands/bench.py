@@ -76,10 +76,11 @@ def bench(
 
     The defaults (25 prompts x 6 modes, 64 tokens, 1 repeat) took 12.4 minutes with the default pair on a 2-core x86 CPU (80 tokens took 15).
     """
-    from edgespec import bench as B
-    from edgespec import bench_llamacpp as L
-    from edgespec import bench_report as R
-    from edgespec import registry, runner
+    from edgespec.bench import runs as B
+    from edgespec.bench import llamacpp as L
+    from edgespec.bench import report as R
+    from edgespec.models import registry
+    from edgespec.session import runner
 
     load_at_start = B.loadavg()  # before this process adds its own load
     # Everything that can be checked without the models is checked first.
@@ -138,7 +139,7 @@ def bench(
         result.loadavg = {"command_start": load_at_start, **(result.loadavg or {})}
         with err.status("describing the machine and models", spinner="dots"):
             machine = R.machine_info()
-            from edgespec import cpu_paths
+            from edgespec.machine import cpu_paths
 
             machine["cpu_paths"] = cpu_paths.report(cpu_paths.decide(amx), (tmodel, dmodel))
             model_docs = {"target": R.model_info(models.target), "draft": R.model_info(models.draft) if dmodel is not None else None}

@@ -34,9 +34,11 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements and predictions as JSON.")] = False,
 ) -> None:
     """Measure target and draft step costs, cache them, and predict the speed-up for each k."""
-    from edgespec import calibrate as cal
-    from edgespec import cpu_paths, registry, runner
-    from edgespec.policy import MODEL_EDGES
+    from edgespec.machine import calibrate as cal
+    from edgespec.machine import cpu_paths
+    from edgespec.models import registry
+    from edgespec.session import runner
+    from edgespec.core.policy import MODEL_EDGES
 
     models = registry.resolve(registry.load_registry(), pair, target, draft)
     load = runner.LoadOptions(

@@ -68,8 +68,9 @@ def chat(
     Ctrl-C stops a reply, Ctrl-D quits. With stdin piped: one message per line, only the replies on
     stdout.
     """
-    from edgespec import registry, runner
-    from edgespec.chat import MODES, Session
+    from edgespec.models import registry
+    from edgespec.session import runner
+    from edgespec.session.chat import MODES, Session
 
     if draft_mode not in MODES:
         raise UsageError(f"--draft-mode must be one of {', '.join(MODES)}, got {draft_mode!r}")
@@ -215,7 +216,7 @@ def _panel(session) -> Panel:
 
 def _memory_line(session) -> str:
     """The memory plan the pair was loaded with: what it needs against what is free."""
-    from edgespec import memory
+    from edgespec.machine import memory
 
     p = session.target.plan
     if p is None:

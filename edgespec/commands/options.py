@@ -66,7 +66,9 @@ def load_models(models, load, *, yes: bool, source: str):
     """
     from rich.markup import escape
 
-    from edgespec import cpu_paths, pull, runner
+    from edgespec.machine import cpu_paths
+    from edgespec.models import pull
+    from edgespec.session import runner
 
     pull.confirm_and_pull(models.missing, yes=yes, source=source, console=err)
     with err.status("checking llama.cpp's CPU kernels on this machine", spinner="dots"):
@@ -81,7 +83,7 @@ def load_models(models, load, *, yes: bool, source: str):
 def sampling_params(temp: float, top_k: int, top_p: float, min_p: float):
     """The sampler settings from the command line; an out-of-range value is a usage error."""
     from edgespec.errors import UsageError
-    from edgespec.verify import SamplingParams
+    from edgespec.core.verify import SamplingParams
 
     try:
         return SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)

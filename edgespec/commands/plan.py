@@ -35,7 +35,8 @@ def plan(
     Reads only the GGUF headers; nothing is loaded. Fails with one line saying what would fit when
     nothing does.
     """
-    from edgespec import cpu_paths, memory, registry
+    from edgespec.machine import cpu_paths, memory
+    from edgespec.models import registry
 
     use_cache_dir(cache_dir)
     if kv_type is not None and kv_type not in memory.KV_TYPES:
@@ -66,7 +67,7 @@ def plan(
 def print_plan(p, console: Console, cpu_line: str | None = None) -> None:
     from rich.table import Table
 
-    from edgespec.memory import fmt_bytes
+    from edgespec.machine.memory import fmt_bytes
 
     s = p.system
     gpus = ", ".join(f"{g.name} {fmt_bytes(g.free)} free of {fmt_bytes(g.total)}{' (unified)' if g.unified else ''}" for g in s.gpus) or "none"

@@ -48,7 +48,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply and the stats as one JSON object.")] = False,
 ) -> None:
     """Generate a reply to PROMPT, streamed to stdout."""
-    from edgespec import registry, runner
+    from edgespec.models import registry
+    from edgespec.session import runner
 
     if k is not None and k < 0:
         raise UsageError(f"--k must be >= 0, got {k}")

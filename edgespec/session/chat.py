@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from edgespec import runner
-from edgespec.engine import Stats, Step
+from edgespec.session import runner
+from edgespec.core.engine import Stats, Step
 from edgespec.errors import ContextOverflowError, EdgespecError
-from edgespec.policy import MODES
-from edgespec.prefix import common_prefix
+from edgespec.core.policy import MODES
+from edgespec.core.prefix import common_prefix
 FORMAT = "edgespec-chat"
 K_LIMIT = 64
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from edgespec import calibrate
-from edgespec.engine import Stats, generate
-from edgespec.policy import MODES, Controller, Costs
+from edgespec.machine import calibrate
+from edgespec.core.engine import Stats, generate
+from edgespec.core.policy import MODES, Controller, Costs
 from edgespec.errors import ContextOverflowError, UsageError
-from edgespec.llama import Model, check_compatible, check_gguf
+from edgespec.llama.model import Model, check_compatible, check_gguf
 from edgespec.text import TextStream
-from edgespec.verify import SamplingParams
+from edgespec.core.verify import SamplingParams
 
 
 @dataclass
@@ -59,7 +59,7 @@ def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -
     Both files are checked and the plan is made before the slow loads start, so a pair that cannot
     fit fails in one line without loading anything. The plan is kept on the target as `.plan`.
     """
-    from edgespec import cpu_paths, memory
+    from edgespec.machine import cpu_paths, memory
 
     check_gguf(target)
     if draft is not None:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from edgespec.bench import CATEGORIES, PLAIN, Result, Run
+from edgespec.bench.runs import CATEGORIES, PLAIN, Result, Run
 from edgespec.errors import UsageError
 
 _MATCH_RANK = {"reference": 0, "exact": 1, "near-tie": 2, "MISMATCH": 3}
@@ -262,7 +262,7 @@ def model_info(path: Path | None) -> dict | None:
     """Path, size and sha256: the registry's (checked when pulled) for a registry model's cache path, else computed."""
     if path is None:
         return None
-    from edgespec import registry
+    from edgespec.models import registry
 
     p = Path(path).expanduser()
     info = {"path": str(p), "size_bytes": p.stat().st_size, "sha256": None, "sha256_source": None}
@@ -280,7 +280,7 @@ def model_info(path: Path | None) -> dict | None:
 
 # ------------------------------------------------------------------------------------- documents
 def document(result: Result, *, machine: dict, models: dict, extra: dict | None = None) -> dict:
-    from edgespec.bench import process_peak_rss
+    from edgespec.bench.runs import process_peak_rss
 
     agg = aggregate(result)
     s = result.settings

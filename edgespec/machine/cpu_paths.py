@@ -152,7 +152,7 @@ def child_command(n_threads: int) -> list[str]:
     """How to start the probe child: this interpreter, or the packaged executable itself."""
     if getattr(sys, "frozen", False):
         return [sys.executable, _CHILD_ARG, str(n_threads)]
-    return [sys.executable, "-m", "edgespec.cpu_probe", str(n_threads)]
+    return [sys.executable, "-m", "edgespec.machine.cpu_probe", str(n_threads)]
 
 
 def run_probe(argv: list[str], timeout: float = PROBE_TIMEOUT) -> ProbeResult:
@@ -208,7 +208,7 @@ def cache_key() -> str:
 
 
 def _cache_path() -> Path:
-    from edgespec.registry import cache_dir
+    from edgespec.models.registry import cache_dir
 
     return cache_dir() / "cpu_probe.json"
 
@@ -269,7 +269,7 @@ def decide(setting: str | None = None, *, probe_argv: list[str] | None = None, t
         cached = _read_cache().get(key)
         fresh = not isinstance(cached, dict) or "ok" not in cached
         if fresh:
-            from edgespec.llama import default_threads
+            from edgespec.llama.model import default_threads
 
             result = run_probe(probe_argv or child_command(default_threads()), timeout)
             _write_cache(key, result)
@@ -305,7 +305,8 @@ def repack_overrides(path: str | os.PathLike, n_gpu_layers: int = 0, has_gpu: bo
     Exact tensor names, grouped per name pattern: forcing the repack buffer on a tensor it does not
     support (the token embedding, a type without a repacked kernel here) crashes llama.cpp.
     """
-    from edgespec import gguf_info, memory
+    from edgespec.llama import gguf_read as gguf_info
+    from edgespec.machine import memory
 
     buft = extra_buffer_types().get("CPU_REPACK")
     info = gguf_info.read(path)

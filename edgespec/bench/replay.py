@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from edgespec.drafters import NgramDrafter
-from edgespec.policy import Controller, Costs
-from edgespec.prefix import common_prefix
-from edgespec.verify import SamplingParams
+from edgespec.core.drafters import NgramDrafter
+from edgespec.core.policy import Controller, Costs
+from edgespec.core.prefix import common_prefix
+from edgespec.core.verify import SamplingParams
 
 _GREEDY = SamplingParams()
 

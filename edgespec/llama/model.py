@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from edgespec import cpu_paths
+from edgespec.machine import cpu_paths
 from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError, RollbackError
-from edgespec.prefix import common_prefix
+from edgespec.core.prefix import common_prefix
 
 import llama_cpp as lc  # noqa: E402  (after our imports so its logger set-up is replaced below)
 

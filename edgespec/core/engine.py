@@ -13,12 +13,12 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-from edgespec import verify
-from edgespec.drafters import Draft, ModelDrafter, NgramDrafter
+from edgespec.core import verify
+from edgespec.core.drafters import Draft, ModelDrafter, NgramDrafter
 from edgespec.errors import ContextOverflowError, UsageError
-from edgespec.policy import Controller, Costs
-from edgespec.prefix import common_prefix
-from edgespec.verify import SamplingParams
+from edgespec.core.policy import Controller, Costs
+from edgespec.core.prefix import common_prefix
+from edgespec.core.verify import SamplingParams
 
 
 class LM(Protocol):

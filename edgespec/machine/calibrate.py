@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespec.policy import MODEL_EDGES, MODEL_PRIOR, Acceptance, Costs, expected_tokens
-from edgespec.registry import cache_dir
+from edgespec.core.policy import MODEL_EDGES, MODEL_PRIOR, Acceptance, Costs, expected_tokens
+from edgespec.models.registry import cache_dir
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
 _FILLER = (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespec import gguf_write
+from edgespec.llama import gguf_write
 
 N_EMBD, N_FF, N_HEAD, N_LAYER = 128, 256, 4, 2
 N_VOCAB = 288  # 3 control + 256 byte tokens + 29 more: a multiple of 32, so the output matrix qualifies too

@@ -195,7 +195,7 @@ class LlamaCpp:
 
     def __init__(self, binary: Path, load: Load, *, sampling=None, ignore_eos: bool = False, extra_args: str = "",
                  timeout: float = RUN_TIMEOUT_S):
-        from edgespec.verify import SamplingParams
+        from edgespec.core.verify import SamplingParams
 
         self.binary = binary
         self.load = load

@@ -39,7 +39,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgespec import gguf_info
+from edgespec.llama import gguf_read as gguf_info
 from edgespec.errors import EdgespecError, UsageError
 
 MiB = 1 << 20

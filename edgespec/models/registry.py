@@ -118,7 +118,7 @@ def _suggest(name: str, known) -> str:
 
 # ------------------------------------------------------------------ files
 def shipped_registry_path() -> Path:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the edgespec package
     for p in (here / "models.toml", here.parent / "models.toml"):  # installed wheel, source checkout
         if p.exists():
             return p
@@ -659,7 +659,7 @@ class VerifyResult:
 def verify_file(path: Path, entry: ModelEntry | None = None, *, progress: Progress | None = None) -> VerifyResult:
     """Check a model file: GGUF header and data complete, size and sha256 against the registry, or
     against the sha256 edgespec recorded when it downloaded the file."""
-    from edgespec import gguf_info
+    from edgespec.llama import gguf_read as gguf_info
 
     if not path.is_file():
         return VerifyResult(path, False, 0, [], "not downloaded" if entry and not entry.path else "file not found")

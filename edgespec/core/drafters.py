@@ -16,9 +16,9 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from edgespec import verify
-from edgespec.prefix import common_prefix
-from edgespec.verify import SamplingParams
+from edgespec.core import verify
+from edgespec.core.prefix import common_prefix
+from edgespec.core.verify import SamplingParams
 
 # Should another token be drafted? Called with the confidences so far; the policy supplies it.
 KeepGoing = Callable[[Sequence[float]], bool]

@@ -37,9 +37,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgespec.engine import Stats, Step, generate
+from edgespec.core.engine import Stats, Step, generate
 from edgespec.errors import EdgespecError, UsageError
-from edgespec.verify import SamplingParams
+from edgespec.core.verify import SamplingParams
 
 CATEGORIES = ("codegen", "edit", "chat", "extract", "json")
 QUICK_CATEGORIES = ("codegen", "edit", "extract", "chat", "json")  # --quick: first prompt of the first three present
@@ -446,7 +446,7 @@ class Bench:
 
     def __init__(self, target, draft, prompts: Sequence[Prompt], modes: Sequence[Mode], settings: Settings,
                  llama_cpp=None):
-        from edgespec.runner import check_fits, prompt_tokens
+        from edgespec.session.runner import check_fits, prompt_tokens
 
         for m in modes:
             if m.needs_draft and draft is None:
@@ -478,7 +478,7 @@ class Bench:
     # ------------------------------------------------------------------------------ set-up
     def prepare(self, on_calibrate: Callable[[], None] | None = None) -> dict | None:
         """One controller per mode, built once; each run gets a deep copy. Returns the calibrated costs used."""
-        from edgespec.runner import GenOptions, make_controller
+        from edgespec.session.runner import GenOptions, make_controller
 
         costs = None
         for m in self.modes:
@@ -612,7 +612,7 @@ class Bench:
             if r.tokens is not None:
                 i = first_divergence(plain.tokens, r.tokens)
             elif r.raw is not None:  # llama.cpp: its bytes, up to where either reply ends (it may overshoot -n)
-                from edgespec.bench_llamacpp import special_pieces  # printed as it prints them: <s>, <unk>, ...
+                from edgespec.bench.llamacpp import special_pieces  # printed as it prints them: <s>, <unk>, ...
 
                 i = text_divergence(special_pieces(self.target, plain.tokens), r.raw)
             else:
