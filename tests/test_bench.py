@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from edgespec.bench import matching as X
+from edgespec.core.kinds import Mode
+from edgespec.core.stats import Stats
+from edgespec.bench import modes as M
 from edgespec.bench import runs as B
+from edgespec.bench import suite as S
+from edgespec.bench import tables as T
 from edgespec.bench import llamacpp as L
 from edgespec.bench import report as R
 from edgespec.errors import UsageError
@@ -49,11 +55,11 @@ def documented_order(prompts: list[str], modes: list[str], repeats: int) -> list
 
 # ---------------------------------------------------------------------------------------- suite
 def test_shipped_suite_has_every_category_and_real_inputs():
-    suite = B.load_suite()
+    suite = S.load_suite()
     assert len(suite) >= 24
     cats = {p.category for p in suite}
-    assert cats == set(B.CATEGORIES)
-    for c in B.CATEGORIES:
+    assert cats == set(S.CATEGORIES)
+    for c in S.CATEGORIES:
         assert sum(p.category == c for p in suite) >= 4, c
     assert len({p.id for p in suite}) == len(suite)
     # edit and extract prompts carry the text to work on, so copying from it is natural
@@ -68,7 +74,7 @@ def test_shipped_suite_is_package_data():
     from importlib import resources
 
     text = resources.files("edgespec").joinpath("prompts/suite.jsonl").read_text(encoding="utf-8")
-    assert len(B.parse_suite(text, "x")) == len(B.load_suite())
+    assert len(S.parse_suite(text, "x")) == len(S.load_suite())
 
 
 @pytest.mark.parametrize(
@@ -89,41 +95,41 @@ def test_bad_suite_line_names_file_and_line(tmp_path, line, needle):
     path = tmp_path / "mine.jsonl"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(UsageError) as e:
-        B.load_suite(path)
+        S.load_suite(path)
     assert f"{path}:4: " in e.value.message and needle in e.value.message
 
 
 def test_suite_files_that_cannot_be_read(tmp_path):
     with pytest.raises(UsageError, match="not found"):
-        B.load_suite(tmp_path / "nope.jsonl")
+        S.load_suite(tmp_path / "nope.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(UsageError, match="has no prompts"):
-        B.load_suite(tmp_path / "empty.jsonl")
+        S.load_suite(tmp_path / "empty.jsonl")
 
 
 def test_select_category_and_quick():
-    suite = B.parse_suite("".join(json.dumps(r) + "\n" for r in TINY_SUITE), "s")
-    assert [p.id for p in B.select(suite, ["edit", "json"])] == ["edit-1", "json-1"]
+    suite = S.parse_suite("".join(json.dumps(r) + "\n" for r in TINY_SUITE), "s")
+    assert [p.id for p in S.select(suite, ["edit", "json"])] == ["edit-1", "json-1"]
     with pytest.raises(UsageError, match="no prompts in category 'poetry'"):
-        B.select(suite, ["poetry"])
+        S.select(suite, ["poetry"])
     # --quick: the first prompt of codegen, edit and extract, kept in suite order
-    assert [p.id for p in B.select(suite, quick=True)] == ["code-1", "edit-1", "extract-1"]
-    assert [p.id for p in B.select(suite, ["chat", "json"], quick=True)] == ["chat-1", "json-1"]
-    shipped = B.select(B.load_suite(), quick=True)
+    assert [p.id for p in S.select(suite, quick=True)] == ["code-1", "edit-1", "extract-1"]
+    assert [p.id for p in S.select(suite, ["chat", "json"], quick=True)] == ["chat-1", "json-1"]
+    shipped = S.select(S.load_suite(), quick=True)
     assert [p.category for p in shipped] == ["codegen", "edit", "extract"]
 
 
 # ---------------------------------------------------------------------------------------- modes
 def test_parse_modes():
-    names = [m.name for m in B.parse_modes(list(B.DEFAULT_MODES))]
+    names = [m.name for m in M.parse_modes(list(M.DEFAULT_MODES))]
     assert names == ["plain", "model-k2", "model-k4", "model-k6", "ngram", "auto"]
-    modes = B.parse_modes(["auto,model-k3", "ngram", "auto"], llama_cpp_k=5)
-    assert [(m.name, m.drafter, m.k) for m in modes] == [("plain", "none", 0), ("auto", "auto", None), ("model-k3", "model", 3), ("ngram", "ngram", None)]
-    assert B.parse_modes(["none,llama.cpp-spec"], llama_cpp_k=5)[1] == B.Mode("llama.cpp-spec-k5", "llama.cpp", 5)
-    assert B.parse_mode("llama.cpp-spec-k2").k == 2 and B.parse_mode("llama.cpp-spec-k2").external
+    modes = M.parse_modes(["auto,model-k3", "ngram", "auto"], llama_cpp_k=5)
+    assert [(m.name, m.engine, m.k) for m in modes] == [("plain", "plain", 0), ("auto", "auto", None), ("model-k3", "model", 3), ("ngram", "ngram", None)]
+    assert M.parse_modes(["none,llama.cpp-spec"], llama_cpp_k=5)[1] == M.BenchMode("llama.cpp-spec-k5", None, 5)
+    assert M.parse_mode("llama.cpp-spec-k2").k == 2 and M.parse_mode("llama.cpp-spec-k2").external
     for bad, needle in (("turbo", "unknown mode"), ("auto-k3", "auto chooses k"), ("plain-k2", "no draft length"), ("model-k0", "between 1 and 64")):
         with pytest.raises(UsageError, match=needle):
-            B.parse_modes([bad])
+            M.parse_modes([bad])
 
 
 def test_run_order_rotates_the_first_mode_per_repeat():
@@ -136,32 +142,31 @@ def test_run_order_rotates_the_first_mode_per_repeat():
 
 def test_text_divergence_maps_to_the_reference_token():
     pieces = [b"def", b" fib", b"(n", b"):\n", b"   ", b" return"]
-    assert B.text_divergence(pieces, b"def fib(n):\n    return") is None
-    assert B.text_divergence(pieces, b"def fib(n):") is None  # shorter: a prefix
-    assert B.text_divergence(pieces, b"def fib(n):\n    return n  # and more") is None  # longer: llama.cpp overshoots -n
-    assert B.text_divergence(pieces, b"def fib(m):") == 2
-    assert B.text_divergence(pieces, b"def fob") == 1
-    assert B.text_divergence([b"caf", b"\xc3", b"\xa9!"], b"caf\xc3") is None  # a token ending inside a character
-    assert B.text_divergence([b"caf", b"\xc3", b"\xa9!"], b"caf\xc3\xa8") == 2
+    assert X.text_divergence(pieces, b"def fib(n):\n    return") is None
+    assert X.text_divergence(pieces, b"def fib(n):") is None  # shorter: a prefix
+    assert X.text_divergence(pieces, b"def fib(n):\n    return n  # and more") is None  # longer: llama.cpp overshoots -n
+    assert X.text_divergence(pieces, b"def fib(m):") == 2
+    assert X.text_divergence(pieces, b"def fob") == 1
+    assert X.text_divergence([b"caf", b"\xc3", b"\xa9!"], b"caf\xc3") is None  # a token ending inside a character
+    assert X.text_divergence([b"caf", b"\xc3", b"\xa9!"], b"caf\xc3\xa8") == 2
 
 
 def test_first_divergence():
-    assert B.first_divergence([1, 2, 3], [1, 2, 3]) is None
-    assert B.first_divergence([1, 2, 3], [1, 5, 3]) == 1
-    assert B.first_divergence([1, 2, 3], [1, 2]) == 2
-    assert B.first_divergence([1, 2, 3], [1, 2], prefix_only=True) is None
+    assert X.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert X.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert X.first_divergence([1, 2, 3], [1, 2]) == 2
+    assert X.first_divergence([1, 2, 3], [1, 2], prefix_only=True) is None
 
 
 # ----------------------------------------------------------------------------------- aggregation
-def _run(seq, prompt, cat, mode, tps, repeat=0, **kw):
-    r = B.Run(seq, repeat, prompt, cat, mode, None, prompt_tokens=10, prefill_tokens=9, generated_tokens=100,
-              prefill_s=0.1, decode_s=100 / tps, wall_s=100 / tps + 0.1, **kw)
-    return r
+def _run(seq, prompt, cat, mode, tps, repeat=0, match=None, **counts):
+    stats = Stats(prompt_tokens=10, prefill_tokens=9, generated=100, t_prefill=0.1, t_decode=100 / tps, **counts)
+    return B.Run(seq, repeat, prompt, cat, mode, None, stats=stats, wall_s=100 / tps + 0.1, match=match)
 
 
 def test_aggregate_geomean_per_category_and_overall():
-    prompts = [B.Prompt("a", "codegen", "x"), B.Prompt("b", "codegen", "y"), B.Prompt("c", "extract", "z")]
-    modes = [B.Mode("plain", "none", 0), B.Mode("ngram", "ngram")]
+    prompts = [S.Prompt("a", "codegen", "x"), S.Prompt("b", "codegen", "y"), S.Prompt("c", "extract", "z")]
+    modes = [M.BenchMode("plain", Mode.PLAIN, 0), M.BenchMode("ngram", Mode.NGRAM)]
     res = B.Result(prompts, modes, B.Settings())
     runs = []
     for i, (pid, cat, plain, ngram) in enumerate([("a", "codegen", 10, 5), ("b", "codegen", 10, 20), ("c", "extract", 10, 40)]):
@@ -185,9 +190,9 @@ def test_aggregate_geomean_per_category_and_overall():
 def test_footnote_warns_about_a_busy_machine():
     doc = {"settings": {"greedy": True, "near_tie_bound": 0.5, "modes": ["plain", "auto"]},
            "machine": {"cores_usable": 2, "cores_logical": 2}, "loadavg": {"command_start": [0.3, 0.2, 0.1]}}
-    assert "busy" not in R.footnote(doc) and "near-tie" in R.footnote(doc)
+    assert "busy" not in T.footnote(doc) and "near-tie" in T.footnote(doc)
     doc["loadavg"]["command_start"] = [6.1, 5.0, 4.0]
-    assert "busy before the benchmark started (load average 6.1 on 2 cores)" in R.footnote(doc)
+    assert "busy before the benchmark started (load average 6.1 on 2 cores)" in T.footnote(doc)
 
 
 def test_geomean_ignores_missing_values():
@@ -198,9 +203,9 @@ def test_geomean_ignores_missing_values():
 # ------------------------------------------------------------------------- in-process, tiny models
 def _bench(load, draft_name, modes, **settings):
     target, draft = load("target", n_ctx=512), load(draft_name, n_ctx=512)
-    suite = B.parse_suite("".join(json.dumps(r) + "\n" for r in TINY_SUITE[:3]), "tiny")
+    suite = S.parse_suite("".join(json.dumps(r) + "\n" for r in TINY_SUITE[:3]), "tiny")
     kw = {"max_tokens": 24, "warmup": False, **settings}
-    b = B.Bench(target, draft, suite, B.parse_modes(modes), B.Settings(**kw))
+    b = B.Bench(target, draft, suite, M.parse_modes(modes), B.Settings(**kw))
     b.prepare()
     return b
 
@@ -212,14 +217,14 @@ def test_self_draft_runs_are_cold_independent_and_exact(load, tmp_path, monkeypa
     assert [(r.repeat, r.prompt_id, r.mode) for r in res.runs] == documented_order(
         ["code-1", "chat-1", "edit-1"], ["plain", "model-k3", "ngram", "auto"], 2)
     for r in res.runs:
-        assert r.prefill_tokens == r.prompt_tokens - 1  # nothing reused from the previous mode's KV cache
-        assert r.generated_tokens > 0 and r.decode_tps > 0 and r.peak_rss and r.peak_rss > 0
+        assert r.stats.prefill_tokens == r.stats.prompt_tokens - 1  # nothing reused from the previous mode's KV cache
+        assert r.stats.generated > 0 and r.stats.tokens_per_s > 0 and r.peak_rss and r.peak_rss > 0
         assert r.match == ("reference" if r.mode == "plain" else "exact"), (r.mode, r.first_diff, r.margin)
         assert r.speedup is not None and r.speedup > 0
     k3 = [r for r in res.runs if r.mode == "model-k3"]
-    assert sum(r.accepted for r in k3) == sum(r.drafted for r in k3) > 0  # the target drafting for itself
+    assert sum(r.stats.accepted for r in k3) == sum(r.stats.drafted for r in k3) > 0  # the target drafting for itself
     # plain is plain: no drafts, never the draft model
-    assert all(r.drafted == 0 and set(r.drafter_steps) == {"none"} for r in res.runs if r.mode == "plain")
+    assert all(r.stats.drafted == 0 and set(r.stats.drafter_steps) == {"none"} for r in res.runs if r.mode == "plain")
 
 
 def test_lockstep_gives_each_mode_its_own_context_and_the_same_outputs(load, tmp_path, monkeypatch):
@@ -235,10 +240,10 @@ def test_lockstep_gives_each_mode_its_own_context_and_the_same_outputs(load, tmp
     assert [(r.repeat, r.prompt_id, r.mode) for r in lock.runs] == [(r.repeat, r.prompt_id, r.mode) for r in seq.runs]
     for a, r in zip(seq.runs, lock.runs):
         assert r.tokens == a.tokens  # greedy: side by side changes nothing but the timing
-        assert r.prefill_tokens == r.prompt_tokens - 1 and r.decode_tps > 0 and r.speedup > 0
-        assert r.wall_s == pytest.approx(r.prefill_s + r.decode_s)  # its own steps, not the others'
+        assert r.stats.prefill_tokens == r.stats.prompt_tokens - 1 and r.stats.tokens_per_s > 0 and r.speedup > 0
+        assert r.wall_s == pytest.approx(r.stats.t_prefill + r.stats.t_decode)  # its own steps, not the others'
         if r.mode in ("plain", "model-k3"):  # fixed choices (auto's depend on the step timings)
-            assert (r.drafted, r.accepted) == (a.drafted, a.accepted)
+            assert (r.stats.drafted, r.stats.accepted) == (a.stats.drafted, a.stats.accepted)
         assert r.match in ("reference", "exact")
     assert b._contexts == {}
 
@@ -263,12 +268,12 @@ def test_a_twin_context_shares_weights_not_the_cache(load):
 def test_divergence_is_classified_by_the_target_margin(load, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
     b = _bench(load, "draft", ["plain,model-k2"])
-    plain = b._run_one(0, 0, 0, b.modes[0])
-    spec = b._run_one(1, 0, 0, b.modes[1])
+    plain, = b._run_group([(0, 0, 0, b.modes[0])], lockstep=False)
+    spec, = b._run_group([(1, 0, 0, b.modes[1])], lockstep=False)
     i = 5
     spec.tokens = plain.tokens[:i] + [(plain.tokens[i] + 1) % 200 + 3] + plain.tokens[i + 1:]
     ctx = b.tokens[0] + plain.tokens[:i]
-    margin = B.top2_margin(b.target, ctx)
+    margin = X.top2_margin(b.target, ctx)
     assert margin > 0
     b.settings.near_tie = margin + 1.0
     b._compare([plain, spec])
@@ -288,9 +293,9 @@ def test_sampling_runs_have_no_match_check(load, tmp_path, monkeypatch):
 
 def test_bench_refuses_prompts_that_do_not_fit(load):
     target = load("target", n_ctx=64)
-    suite = B.parse_suite(json.dumps({"id": "long", "category": "chat", "prompt": "x " * 80}) + "\n", "s")
+    suite = S.parse_suite(json.dumps({"id": "long", "category": "chat", "prompt": "x " * 80}) + "\n", "s")
     with pytest.raises(Exception, match="prompt 'long'"):
-        B.Bench(target, None, suite, B.parse_modes(["plain"]), B.Settings(max_tokens=8))
+        B.Bench(target, None, suite, M.parse_modes(["plain"]), B.Settings(max_tokens=8))
 
 
 # ------------------------------------------------------------------------------------ the CLI
@@ -495,7 +500,7 @@ def test_generated_text_follows_the_echoed_prompt():
 
 
 def test_prompt_echo_is_what_llama_cpp_prints(load):
-    from edgespec.session.runner import prompt_tokens
+    from edgespec.session.loading import prompt_tokens
 
     m = load("target")
     toks = prompt_tokens(m, "def fib(n):")
@@ -548,7 +553,7 @@ def plain_replies(target_path: Path, rows, max_tokens: int) -> dict[str, str]:
     check can pass; random tiny models print invalid UTF-8 too)."""
     from edgespec.core.engine import generate
     from edgespec.llama.model import Model
-    from edgespec.session.runner import prompt_tokens
+    from edgespec.session.loading import prompt_tokens
 
     out = {}
     with Model(target_path, n_ctx=512, n_threads=2) as m:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from edgespec.session import runner
-from edgespec.session.chat import Conversation, Session, _DraftChars, tokenize_continuation
+from edgespec.session.chat import Session, _DraftChars
+from edgespec.session.conversation import Conversation, tokenize_continuation
 from edgespec.core.engine import Step
 from edgespec.errors import EdgespecError
 from edgespec.core.verify import SamplingParams
@@ -59,23 +60,23 @@ def test_second_turn_evaluates_only_the_new_tokens(load):
     s = Session(target, draft, gen_options())
     t1 = s.send("hello")
     t2 = s.send("and a second question")
-    assert t1.stats.reused_tokens == 0 and t1.stats.generated == 16
+    assert t1.stats.cached_tokens == 0 and t1.stats.generated == 16
     # Everything before the new message comes from the cache: the first prompt and the reply
     # (less its last token, which is fed with the next batch).
-    assert t2.stats.reused_tokens == t1.prompt_tokens + t1.stats.generated - 1
+    assert t2.stats.cached_tokens == t1.stats.prompt_tokens + t1.stats.generated - 1
     # Evaluated: the template's end-of-turn text, the new user turn (one token per byte), and the
     # reply's last token, less the prompt's last token (it goes with the first decode step).
     new_bytes = tiny_tokens(END_OF_TURN + user_turn("and a second question"))
-    assert t2.stats.prompt_tokens == new_bytes
-    assert t2.prompt_tokens == t1.prompt_tokens + t1.stats.generated + new_bytes
+    assert t2.stats.prefill_tokens == new_bytes
+    assert t2.stats.prompt_tokens == t1.stats.prompt_tokens + t1.stats.generated + new_bytes
     # The draft model's cache is reused the same way (it may lag the target by a token).
     # (It can lag the target by a few tokens: the last draft of a step is never fed to it.)
-    assert t2.draft_reused + t2.draft_evaluated == t2.prompt_tokens - 1
-    assert t2.draft_reused >= t1.prompt_tokens + t1.stats.generated - 1 - 4
+    assert t2.draft_reused + t2.draft_evaluated == t2.stats.prompt_tokens - 1
+    assert t2.draft_reused >= t1.stats.prompt_tokens + t1.stats.generated - 1 - 4
     assert t2.draft_evaluated <= new_bytes + 4
     # And the token list says exactly what the template renders for the whole conversation.
     full = s.conv.render(s.conv.messages[:3], True)
-    prompt2 = s.conv.tokens[: t2.prompt_tokens]
+    prompt2 = s.conv.tokens[: t2.stats.prompt_tokens]
     shown = target.detokenize(prompt2).replace(" ", "\u2581")  # (the reply's spaces are 0x20 tokens)
     assert shown == "\u2581" + full.replace(" ", "\u2581")  # SentencePiece's word-start mark, then the text
 
@@ -108,8 +109,8 @@ def test_template_that_rewrites_earlier_turns_falls_back_to_a_full_render(tmp_pa
     s.send("one")
     t2 = s.send("two")
     expected = m.tokenize_prompt(s.conv.render(s.conv.messages[:3], True))
-    assert t2.prompt_tokens == len(expected)
-    assert 0 < t2.stats.reused_tokens < len(expected) - 20  # only the common start is reused
+    assert t2.stats.prompt_tokens == len(expected)
+    assert 0 < t2.stats.cached_tokens < len(expected) - 20  # only the common start is reused
 
 
 def test_model_without_a_template_gets_chatml(tmp_path, load):
@@ -138,7 +139,7 @@ def test_overflow_drops_the_oldest_turns_and_keeps_the_system_prompt(load):
     turns = [s.send(f"message number {i}", on_notice=notes.append) for i in range(4)]
     assert turns[0].dropped == 0 and sum(t.dropped for t in turns) >= 2
     assert notes and "dropped the oldest" in notes[0] and "256-token context" in notes[0]
-    assert all(t.prompt_tokens + s.reserve <= 256 for t in turns)
+    assert all(t.stats.prompt_tokens + s.reserve <= 256 for t in turns)
     assert s.conv.system == "Be brief." and s.conv.messages[-2]["content"] == "message number 3"
     assert "message number 0" not in [msg["content"] for msg in s.conv.messages]
     assert "<|im_start|>system\nBe\u2581brief." in m.detokenize(s.conv.tokens)
@@ -166,8 +167,8 @@ def test_interrupted_reply_keeps_what_was_shown(load):
     t1 = s.send("hello", on_piece)
     assert t1.finish == "interrupted" and s.conv.messages[1]["content"] == "".join(shown)
     t2 = s.send("go on")
-    assert t2.stats.reused_tokens >= t1.prompt_tokens + t1.stats.generated - 4
-    assert t2.stats.prompt_tokens <= tiny_tokens(END_OF_TURN + user_turn("go on")) + 4
+    assert t2.stats.cached_tokens >= t1.stats.prompt_tokens + t1.stats.generated - 4
+    assert t2.stats.prefill_tokens <= tiny_tokens(END_OF_TURN + user_turn("go on")) + 4
 
 
 def test_draft_chars_follow_step_acceptance():
@@ -184,7 +185,7 @@ def test_slash_commands(load, tmp_path):
     assert "/save FILE" in s.command("/help").text
     for bad in ("/mode fast", "/k 99", "/k x", "/temp -1", "/nope", "/save", "/stats everything"):
         assert s.command(bad).error, bad
-    assert s.command("/mode none").text == "mode none"
+    assert s.command("/mode none").text == "mode plain"  # "none" is accepted for plain decoding
     assert s.send("hi").stats.drafted == 0
     assert s.command("/mode model").text == "mode model" and s.command("/k 2").text == "k 2"
     t = s.send("again")
@@ -207,7 +208,7 @@ def test_save_and_load_round_trip(load, tmp_path):
     assert "loaded 2 turns" in other.command(f"/load {a}").text
     assert other.conv.system == "sys" and other.conv.messages == s.conv.messages
     t3 = other.send("three")  # the loaded turns are in the prompt
-    assert t3.prompt_tokens > len(other.conv.bare_prompt("three")) + 30
+    assert t3.stats.prompt_tokens > len(other.conv.bare_prompt("three")) + 30
 
 
 @pytest.mark.parametrize(
@@ -276,13 +277,13 @@ def test_pty_two_turns_only_new_tokens_then_slash_commands(tiny, cli_env):
     say(p, "and a second question")
     st = stats_json(p)
     t1, t2 = st["turns"]
-    assert t2["reused"] == t1["prompt_tokens"] + t1["generated"] - 1
-    assert t2["evaluated"] == tiny_tokens(END_OF_TURN + user_turn("and a second question"))
-    assert t2["draft_evaluated"] <= t2["evaluated"] + 4 and t2["draft_reused"] >= t2["reused"] - 4
+    assert t2["cached_tokens"] == t1["prompt_tokens"] + t1["generated_tokens"] - 1
+    assert t2["prefill_tokens"] == tiny_tokens(END_OF_TURN + user_turn("and a second question"))
+    assert t2["draft_evaluated"] <= t2["prefill_tokens"] + 4 and t2["draft_reused"] >= t2["cached_tokens"] - 4
     # a slash command changes what the next reply does
-    assert "mode none" in say(p, "/mode none", "mode none")
+    assert "mode plain" in say(p, "/mode none", "mode plain")  # "none": another name for plain decoding
     line = say(p, "third")
-    assert "no drafts (mode none" in line
+    assert "no drafts (mode plain" in line
     assert stats_json(p)["turns"][2]["drafted"] == 0
     assert "unknown command /bogus" in say(p, "/bogus", "unknown command[^\n]*\n")
     assert finish(p) == 0
@@ -334,10 +335,10 @@ def test_pty_ctrl_c_mid_reply_keeps_the_partial_reply(tiny, cli_env, tmp_path):
     say(p, "/k 2", "k 2")
     interrupt_reply(p, "go on")  # the chat goes on after Ctrl-C (and this reply is endless too)
     t1, t2 = stats_json(p)["turns"]
-    assert t1["finish"] == t2["finish"] == "interrupted" and 0 < t1["generated"] < 50000
+    assert t1["finish"] == t2["finish"] == "interrupted" and 0 < t1["generated_tokens"] < 50000
     # the partial reply stayed in the conversation and in the KV cache: only the new turn is evaluated
-    assert t2["reused"] >= t1["prompt_tokens"] + t1["generated"] - 8
-    assert t2["evaluated"] <= tiny_tokens(END_OF_TURN + user_turn("go on")) + 8
+    assert t2["cached_tokens"] >= t1["prompt_tokens"] + t1["generated_tokens"] - 8
+    assert t2["prefill_tokens"] <= tiny_tokens(END_OF_TURN + user_turn("go on")) + 8
     saved = tmp_path / "c.json"
     say(p, f"/save {saved}", "saved 2 turns")
     reply = json.loads(saved.read_text())["messages"][1]["content"]
@@ -454,7 +455,7 @@ import sys
 from edgespec.session import runner
 from edgespec.errors import EdgespecError
 
-def broken(target, draft, tokens, opts, reply, controller=None):
+def broken(target, draft, tokens, opts, reply, controller=None, on_step=None):
     reply.text = "partial"
     yield "partial"
     raise EdgespecError("llama_decode failed with code -3 on target.gguf at position 60")
@@ -502,9 +503,9 @@ def test_smollm2_pty_second_turn_decodes_only_new_tokens(smollm2, cli_env):
     with Model(smollm2, n_ctx=256, n_threads=1) as m:  # counted with the model's own tokenizer
         new = len(m.tokenize(END_OF_TURN + user_turn("And of Italy?"), add_special=False, parse_special=True))
     # The reply's <|im_end|> was generated (and is already counted) when the reply ended by itself.
-    assert t2["evaluated"] == new - (1 if t1["finish"] == "stop" else 0), (t1, t2)
-    assert t2["reused"] == t1["prompt_tokens"] + t1["generated"] - 1
-    assert t2["draft_evaluated"] is not None and t2["draft_evaluated"] <= t2["evaluated"] + 5
+    assert t2["prefill_tokens"] == new - (1 if t1["finish"] == "stop" else 0), (t1, t2)
+    assert t2["cached_tokens"] == t1["prompt_tokens"] + t1["generated_tokens"] - 1
+    assert t2["draft_evaluated"] is not None and t2["draft_evaluated"] <= t2["prefill_tokens"] + 5
     assert t1["acceptance_rate"] == 1.0 and t1["drafted"] > 0  # its own draft: every draft accepted
 
 

@@ -47,13 +47,13 @@ def test_run_json_with_draft(tiny, cli_env):
     out = json.loads(proc.stdout)
     assert out["generated_tokens"] == 24 and out["finish_reason"] == "length"
     assert out["drafted"] > 0 and 0 <= out["accepted"] <= out["drafted"]
-    assert 0.0 <= out["acceptance_rate"] <= 1.0 and out["tokens_per_s"] > 0
+    assert 0.0 <= out["acceptance_rate"] <= 1.0 and out["decode_tokens_per_s"] > 0
     assert isinstance(out["text"], str)
 
 
 def test_run_streams_text_and_stats(tiny, cli_env):
     plain = edgespec(["run", "-m", tiny["target"], "-n", "20", "--raw", "Hello"], cli_env)
-    spec = edgespec(["run", "-m", tiny["target"], "-d", tiny["self_draft"], "-n", "20", "--stats", "--raw", "Hello"], cli_env)
+    spec = edgespec(["run", "-m", tiny["target"], "-d", tiny["self_draft"], "--k", "3", "-n", "20", "--stats", "--raw", "Hello"], cli_env)
     assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout and spec.stdout.strip()
     assert "Drafted" in spec.stderr and "accepted" in spec.stderr and "tok/s" in spec.stderr

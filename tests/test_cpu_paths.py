@@ -156,13 +156,13 @@ def test_probe_model_is_a_valid_quantised_gguf(tmp_path):
 
 
 def test_repack_overrides_name_exactly_the_supported_matrices(tmp_path, tiny):
-    from edgespec.machine import cpu_probe, memory
+    from edgespec.machine import cpu_probe, devices
     from edgespec.llama import gguf_read as gguf_info
 
     path = cpu_probe.write_model(tmp_path / "probe.gguf")
     ov = cpu_paths.repack_overrides(path)
     info = gguf_info.read(path)
-    cpu = memory.cpu_features()
+    cpu = devices.cpu_features()
     want = [t.name for t in info.tensors if t.layer is not None and cpu.repacks(t)]
     assert ov.tensors == len(want)
     import re
@@ -199,9 +199,8 @@ def test_qwen_without_amx_keeps_the_repack_and_the_output(qwen_pair):
     for cpu in (None, avoid):
         with Model(qwen_pair[0], n_ctx=512, n_threads=2, cpu=cpu) as m:
             if cpu is avoid and "CPU_REPACK" in cpu_paths.extra_buffer_types():
-                from edgespec.machine import memory
-
-                if memory.cpu_features().avx2:
+                from edgespec.machine import devices
+                if devices.cpu_features().avx2:
                     assert m.cpu_paths["cpu_repack"].startswith("168 of ")
             rows = m.eval(m.tokenize("def add(a, b):\n"), logits="last")
             out = []

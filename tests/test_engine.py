@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from edgespec.core import verify
-from edgespec.core.engine import Stats, generate
+from edgespec.core.engine import generate
+from edgespec.core.stats import Stats
 from edgespec.errors import ContextOverflowError, UsageError
 from edgespec.core.verify import SamplingParams
 from fake_lm import BigramLM
 from stats_util import chi2_test
 
-# On CPU a batched llama.cpp evaluation is not bit-identical to a one-token one (see shared facts).
+# On CPU a batched llama.cpp evaluation is not bit-identical to a one-token one.
 # For the tiny F32 models the difference measured ~6e-6; a divergence is accepted only where the
 # target's top-2 logit margin (one-token evaluation) is below this bound.
 NEAR_TIE = 1e-3
@@ -167,13 +168,18 @@ def test_context_limit_ends_generation():
 
 
 def test_bad_arguments(load):
+    """Settings are checked once, where they are made (GenOptions); the loop refuses what only it can see."""
+    from edgespec.session.options import GenOptions
+
     target = load("target")
     with pytest.raises(UsageError):
         next(generate(target, None, [], max_tokens=4))
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="--k must be >= 0"):
+        GenOptions(k=-1)
+    with pytest.raises(UsageError, match="--max-tokens must be >= 1"):
+        GenOptions(max_tokens=0)
+    with pytest.raises(ValueError):  # a programming error below the options layer
         next(generate(target, None, [1, 2], k=-1))
-    with pytest.raises(UsageError):
-        next(generate(target, None, [1, 2], max_tokens=0))
     with pytest.raises(ContextOverflowError):
         next(generate(target, None, list(range(3, 3 + 1024)), max_tokens=4))
 
@@ -327,7 +333,7 @@ def test_sampling_with_vocabularies_of_different_size_has_the_target_distributio
 
 
 def test_tiny_gguf_pair_with_vocabularies_of_different_size(load):
-    from edgespec.llama.model import check_compatible
+    from edgespec.llama.pairing import check_pairing as check_compatible
 
     target, draft = load("wide_target"), load("narrow_draft")
     assert target.n_vocab == draft.n_vocab + 32
@@ -402,7 +408,8 @@ def test_k0_never_touches_the_draft_model(load, mode):
 
 
 def test_k0_from_the_command_line_options(load):
-    from edgespec.session.runner import GenOptions, make_controller
+    from edgespec.session.options import GenOptions
+    from edgespec.session.runner import make_controller
 
     target, draft = load("target"), load("draft")
     ctl = make_controller(target, draft, GenOptions(mode="auto", k=0))

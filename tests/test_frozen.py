@@ -71,10 +71,10 @@ def run(exe: Path, args, env, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 def platform_cache_dir(env: dict[str, str]) -> Path:
     """Where edgespec itself says the cache is, for this environment (the frozen executable must agree)."""
-    from edgespec.models import registry
+    from edgespec.models import cache
 
     with mock.patch.dict(os.environ, env, clear=True):
-        return registry.cache_dir()
+        return cache.cache_dir()
 
 
 @slow

@@ -7,6 +7,7 @@ import pytest
 import synthetic_gguf
 import tiny_models
 from edgespec.llama import gguf_read as gguf_info
+from edgespec.llama.pairing import check_pairing, pairing_problem
 from edgespec.errors import IncompatibleModelsError
 
 
@@ -79,19 +80,19 @@ def test_bad_files_fail_with_one_line(tiny, tmp_path):
 
 
 def test_pairing_from_metadata_agrees_with_loaded_models(tiny, load):
-    from edgespec.llama.model import check_compatible
+    from edgespec.llama.pairing import check_pairing as check_compatible
 
     t = gguf_info.read(tiny["target"], tokens=True)
     for name, ok in (("draft", True), ("self_draft", True), ("other_vocab", False)):
         d = gguf_info.read(tiny[name], tokens=True)
-        problem = gguf_info.pairing_problem(t, d)
+        problem = pairing_problem(t, d)
         try:
             check_compatible(load("target"), load(name))
             loaded_ok = True
         except IncompatibleModelsError:
             loaded_ok = False
         assert (problem is None) == ok == loaded_ok, (name, problem)
-    problem = gguf_info.pairing_problem(t, gguf_info.read(tiny["other_vocab"], tokens=True))
+    problem = pairing_problem(t, gguf_info.read(tiny["other_vocab"], tokens=True))
     assert problem.startswith("tokenizers differ at token 100")
 
 
@@ -101,12 +102,12 @@ def test_pairing_rejects_other_vocabularies(tmp_path):
     c = gguf_info.read(synthetic_gguf.write_header(tmp_path / "c.gguf", n_vocab=2048), tokens=True)
     d = gguf_info.read(synthetic_gguf.write_header(tmp_path / "d.gguf", n_vocab=1024, eos=5), tokens=True)
     e = gguf_info.read(synthetic_gguf.write_header(tmp_path / "e.gguf", n_vocab=1024, tokenizer="llama"), tokens=True)
-    assert gguf_info.pairing_problem(a, b) is None  # padded vocabularies within 128 tokens pair
-    assert "differ by more than 128" in gguf_info.pairing_problem(a, c)
-    assert "special tokens differ" in gguf_info.pairing_problem(a, d)
-    assert "tokenizer types differ" in gguf_info.pairing_problem(a, e)
+    assert pairing_problem(a, b) is None  # padded vocabularies within 128 tokens pair
+    assert "differ by more than 128" in pairing_problem(a, c)
+    assert "special tokens differ" in pairing_problem(a, d)
+    assert "tokenizer types differ" in pairing_problem(a, e)
     with pytest.raises(IncompatibleModelsError):
-        gguf_info.check_pairing(a, c)
+        check_pairing(a, c)
 
 
 @pytest.mark.slow
@@ -114,5 +115,5 @@ def test_real_models_header(qwen_pair, smollm2):
     target, draft = (gguf_info.read(p, tokens=True) for p in qwen_pair)
     assert (target.arch, target.n_layer, target.vocab_size, target.file_type) == ("qwen2", 28, 151936, "Q4_K_M")
     assert target.data_end == target.file_size and draft.n_layer == 24
-    assert gguf_info.pairing_problem(target, draft) is None
-    assert "vocabulary sizes differ" in gguf_info.pairing_problem(target, gguf_info.read(smollm2, tokens=True))
+    assert pairing_problem(target, draft) is None
+    assert "vocabulary sizes differ" in pairing_problem(target, gguf_info.read(smollm2, tokens=True))

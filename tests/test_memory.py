@@ -14,9 +14,11 @@ import pytest
 
 import synthetic_gguf
 from edgespec.llama import gguf_read as gguf_info
-from edgespec.machine import memory
+from edgespec.machine import devices, estimate, planner, system
 from edgespec.errors import EdgespecError, UsageError
-from edgespec.machine.memory import GiB, MiB, CpuFeatures, GpuInfo, SystemMemory
+from edgespec.machine.devices import CpuFeatures
+from edgespec.machine.estimate import GiB, MiB
+from edgespec.machine.system import GpuInfo, SystemMemory
 
 NO_REPACK = CpuFeatures()
 AVX2 = CpuFeatures(avx2=True, avx512=True)
@@ -47,12 +49,12 @@ def synth(tmp_path_factory):
 # ---------------------------------------------------------------- detection and parsing
 def test_parse_meminfo_and_vm_stat():
     text = "MemTotal:       24684084 kB\nMemFree:        21084592 kB\nMemAvailable:   23246452 kB\nBuffers: 1 kB\n"
-    assert memory.parse_meminfo(text) == (24684084 * 1024, 23246452 * 1024)
+    assert system.parse_meminfo(text) == (24684084 * 1024, 23246452 * 1024)
     old = "MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 10 kB\nCached: 200 kB\n"
-    assert memory.parse_meminfo(old) == (1000 * 1024, 310 * 1024)
+    assert system.parse_meminfo(old) == (1000 * 1024, 310 * 1024)
     vm = ("Mach Virtual Memory Statistics: (page size of 16384 bytes)\nPages free:  1000.\nPages active: 5.\n"
           "Pages inactive:  2000.\nPages speculative: 300.\nPages purgeable: 50.\n")
-    assert memory.parse_vm_stat(vm) == 3350 * 16384
+    assert system.parse_vm_stat(vm) == 3350 * 16384
 
 
 @pytest.mark.parametrize(
@@ -61,22 +63,22 @@ def test_parse_meminfo_and_vm_stat():
      ("2g", 2_000_000_000), ("100kB", 100_000), ("50%", 5 * GiB)],
 )
 def test_parse_size(text, value):
-    assert memory.parse_size(text, total=10 * GiB) == value
+    assert estimate.parse_size(text, total=10 * GiB) == value
 
 
 @pytest.mark.parametrize("text", ["lots", "6XB", "-1GB", "0", "150%", "GiB"])
 def test_parse_size_rejects(text):
     with pytest.raises(UsageError):
-        memory.parse_size(text, total=10 * GiB)
+        estimate.parse_size(text, total=10 * GiB)
 
 
 def test_this_machine():
-    sysmem = memory.system_memory()
+    sysmem = system.system_memory()
     assert 0 < sysmem.available <= sysmem.total
     if sys.platform.startswith("linux"):
-        total, _ = memory.parse_meminfo(Path("/proc/meminfo").read_text())
+        total, _ = system.parse_meminfo(Path("/proc/meminfo").read_text())
         assert sysmem.total <= total
-    lib = memory._ggml_lib()  # the device API answers: at least the CPU device
+    lib = devices.ggml()  # the device API answers: at least the CPU device
     lib.ggml_backend_dev_count.restype = __import__("ctypes").c_size_t
     assert lib.ggml_backend_dev_count() >= 1
     for g in sysmem.gpus:
@@ -86,44 +88,44 @@ def test_this_machine():
 # ---------------------------------------------------------------- the estimate
 def test_weights_kv_and_overhead(synth):
     t = synth["target"]
-    e = memory.estimate_model(t, n_ctx=4096, use_mmap=False, cpu=NO_REPACK, n_outputs=16)
+    e = estimate.estimate_model(t, n_ctx=4096, use_mmap=False, cpu=NO_REPACK, n_outputs=16)
     assert e.weights == t.tensor_bytes and e.repack == 0 and e.vram == 0
     n_kv = 4 * 128  # 4 KV heads x head dim 128
     assert e.kv == 28 * 4096 * 2 * n_kv * 2  # layers x cells x (K+V) x bytes
     assert e.output == 16 * 32000 * 4
     assert e.compute == 512 * (3 * 9472 + 6 * 3584) * 4
-    mapped = memory.estimate_model(t, n_ctx=4096, use_mmap=True, cpu=NO_REPACK)
+    mapped = estimate.estimate_model(t, n_ctx=4096, use_mmap=True, cpu=NO_REPACK)
     assert mapped.weights == t.tensor_bytes + t.data_offset  # the mapping covers the header too
-    q8 = memory.estimate_model(t, n_ctx=4096, type_k="q8_0", type_v="q8_0", cpu=NO_REPACK)
-    q4 = memory.estimate_model(t, n_ctx=4096, type_k="q4_0", type_v="q4_0", cpu=NO_REPACK)
+    q8 = estimate.estimate_model(t, n_ctx=4096, type_k="q8_0", type_v="q8_0", cpu=NO_REPACK)
+    q4 = estimate.estimate_model(t, n_ctx=4096, type_k="q4_0", type_v="q4_0", cpu=NO_REPACK)
     assert q8.kv == e.kv * 34 // 64 and q4.kv == e.kv * 18 // 64
-    assert memory.estimate_model(t, n_ctx=1000, cpu=NO_REPACK).kv == memory.estimate_model(t, n_ctx=1024, cpu=NO_REPACK).kv  # padded to 256
+    assert estimate.estimate_model(t, n_ctx=1000, cpu=NO_REPACK).kv == estimate.estimate_model(t, n_ctx=1024, cpu=NO_REPACK).kv  # padded to 256
 
 
 def test_repacked_weights(synth):
     t = synth["target"]
     q4k = sum(x.nbytes for x in t.tensors if x.type_name == "Q4_K" and x.name != "token_embd.weight")
-    mapped = memory.estimate_model(t, n_ctx=2048, use_mmap=True, cpu=AVX2)
+    mapped = estimate.estimate_model(t, n_ctx=2048, use_mmap=True, cpu=AVX2)
     assert mapped.repack == q4k > 0  # with mmap the originals stay mapped next to the repacked copies
-    assert memory.estimate_model(t, n_ctx=2048, use_mmap=False, cpu=AVX2).repack == 0
-    assert memory.estimate_model(t, n_ctx=2048, use_mmap=True, cpu=NO_REPACK).repack == 0
+    assert estimate.estimate_model(t, n_ctx=2048, use_mmap=False, cpu=AVX2).repack == 0
+    assert estimate.estimate_model(t, n_ctx=2048, use_mmap=True, cpu=NO_REPACK).repack == 0
     # ARM: Q4_K and Q6_K have repacked kernels with the dot-product extension, none without it
     k_quants = sum(x.nbytes for x in t.tensors if x.type_name in ("Q4_K", "Q6_K") and x.name != "token_embd.weight")
-    assert memory.estimate_model(t, n_ctx=2048, cpu=CpuFeatures(neon=True, dotprod=True)).repack == k_quants > q4k
-    assert memory.estimate_model(t, n_ctx=2048, cpu=CpuFeatures(neon=True)).repack == 0
+    assert estimate.estimate_model(t, n_ctx=2048, cpu=CpuFeatures(neon=True, dotprod=True)).repack == k_quants > q4k
+    assert estimate.estimate_model(t, n_ctx=2048, cpu=CpuFeatures(neon=True)).repack == 0
 
 
 def test_gpu_split_follows_llama_cpp(synth):
     t = synth["target"]
     layer = t.layer_bytes()
-    half = memory.estimate_model(t, n_ctx=2048, n_gpu_layers=14, cpu=NO_REPACK, use_mmap=False)
+    half = estimate.estimate_model(t, n_ctx=2048, n_gpu_layers=14, cpu=NO_REPACK, use_mmap=False)
     assert half.weights_vram == sum(layer[14:])  # the last 14 layers
     assert half.kv_vram == half.kv and half.compute_vram > 0
-    full = memory.estimate_model(t, n_ctx=2048, n_gpu_layers=-1, cpu=NO_REPACK, use_mmap=False)
+    full = estimate.estimate_model(t, n_ctx=2048, n_gpu_layers=-1, cpu=NO_REPACK, use_mmap=False)
     assert full.weights_vram == sum(layer) + t.output_bytes() and full.weights == t.input_bytes()
     assert full.kv == 0 and full.compute_vram >= 512 * 32000 * 4  # room for a full batch of logits
-    assert memory.estimate_model(t, n_ctx=2048, n_gpu_layers=28, cpu=NO_REPACK).weights_vram == sum(layer)
-    unified = memory.estimate_model(t, n_ctx=2048, n_gpu_layers=-1, unified=True, cpu=NO_REPACK)
+    assert estimate.estimate_model(t, n_ctx=2048, n_gpu_layers=28, cpu=NO_REPACK).weights_vram == sum(layer)
+    unified = estimate.estimate_model(t, n_ctx=2048, n_gpu_layers=-1, unified=True, cpu=NO_REPACK)
     assert unified.vram == 0 and unified.weights >= t.tensor_bytes  # shared memory: all of it is RAM
 
 
@@ -170,108 +172,108 @@ def head64(tmp_path_factory):
 def test_kv_estimate_matches_llama_cpp(head64, n_ctx, kv):
     info = gguf_info.read(head64)
     assert info.head_dim_k == 64
-    ours = sum(memory.kv_bytes_per_layer(info, n_ctx, *kv)) / MiB
-    theirs = _kv_mib_from_llama_cpp(head64, n_ctx, memory.KV_GGML[kv[0]], memory.KV_GGML[kv[1]])
+    ours = sum(estimate.kv_bytes_per_layer(info, n_ctx, *kv)) / MiB
+    theirs = _kv_mib_from_llama_cpp(head64, n_ctx, estimate.KV_GGML[kv[0]], estimate.KV_GGML[kv[1]])
     assert ours == pytest.approx(theirs, abs=0.01)
 
 
 # ---------------------------------------------------------------- the planner
 def test_plan_takes_the_largest_context_that_fits(synth):
-    p = memory.plan(synth["target"], synth["draft"], system=ram(32), cpu=NO_REPACK)
+    p = planner.plan(synth["target"], synth["draft"], system=ram(32), cpu=NO_REPACK)
     assert (p.n_ctx, p.type_k, p.type_v, p.n_gpu_layers, p.draft_gpu_layers) == (8192, "f16", "f16", 0, 0)
     assert p.use_mmap and not p.use_mlock and not p.flash_attn and p.offload == "none"
-    assert p.ram <= p.budget == int(32 * GiB) - memory.default_ram_margin(int(32 * GiB))
-    assert p.ram == p.target_estimate.ram + p.draft_estimate.ram + memory.PROCESS_OVERHEAD
+    assert p.ram <= p.budget == int(32 * GiB) - estimate.default_ram_margin(int(32 * GiB))
+    assert p.ram == p.target_estimate.ram + p.draft_estimate.ram + estimate.PROCESS_OVERHEAD
     json.dumps(p.as_dict())  # serialisable
-    short = memory.plan(synth["short"], system=ram(32), cpu=NO_REPACK)
+    short = planner.plan(synth["short"], system=ram(32), cpu=NO_REPACK)
     assert short.n_ctx == 2048 and short.draft is None  # capped by the training context
 
 
 def test_plan_gives_up_context_then_kv_precision(synth):
     t, d = synth["target"], synth["draft"]
-    full = memory.plan(t, d, system=ram(64), cpu=NO_REPACK)
+    full = planner.plan(t, d, system=ram(64), cpu=NO_REPACK)
     kv8k = full.target_estimate.kv + full.draft_estimate.kv
     base = full.ram - kv8k
     # room for 8k at q8_0 but not f16: q8_0 at 8k is preferred over f16 at 4k
-    p = memory.plan(t, d, budget=base + int(kv8k * 0.6), system=ram(64), cpu=NO_REPACK)
+    p = planner.plan(t, d, budget=base + int(kv8k * 0.6), system=ram(64), cpu=NO_REPACK)
     assert (p.n_ctx, p.type_k) == (8192, "q8_0") and p.flash_attn
     assert any("q8_0" in n for n in p.notes)
     # room for a quarter: 4k at q8_0
-    p = memory.plan(t, d, budget=base + int(kv8k * 0.3), system=ram(64), cpu=NO_REPACK)
+    p = planner.plan(t, d, budget=base + int(kv8k * 0.3), system=ram(64), cpu=NO_REPACK)
     assert (p.n_ctx, p.type_k) == (4096, "q8_0") and any("context reduced" in n for n in p.notes)
     # q4_0 only when nothing else fits
-    p = memory.plan(t, d, budget=base + int(kv8k * 0.08), system=ram(64), cpu=NO_REPACK)
+    p = planner.plan(t, d, budget=base + int(kv8k * 0.08), system=ram(64), cpu=NO_REPACK)
     assert (p.n_ctx, p.type_k) == (2048, "q4_0")
     # a fixed context is kept; the KV type gives way
-    p = memory.plan(t, d, n_ctx=8192, budget=base + int(kv8k * 0.3), system=ram(64), cpu=NO_REPACK)
+    p = planner.plan(t, d, n_ctx=8192, budget=base + int(kv8k * 0.3), system=ram(64), cpu=NO_REPACK)
     assert (p.n_ctx, p.type_k) == (8192, "q4_0")
 
 
 def test_plan_turns_mmap_off_when_repacking_would_double_weights(synth):
     t, d = synth["target"], synth["draft"]
-    mapped = memory.plan(t, d, n_ctx=4096, kv_type="f16", system=ram(64), cpu=AVX2)
+    mapped = planner.plan(t, d, n_ctx=4096, kv_type="f16", system=ram(64), cpu=AVX2)
     assert mapped.use_mmap and mapped.target_estimate.repack > 0
-    p = memory.plan(t, d, n_ctx=4096, kv_type="f16", budget=mapped.ram - 1, system=ram(64), cpu=AVX2)
+    p = planner.plan(t, d, n_ctx=4096, kv_type="f16", budget=mapped.ram - 1, system=ram(64), cpu=AVX2)
     assert not p.use_mmap and p.ram < mapped.ram and any("mmap off" in n for n in p.notes)
-    with pytest.raises(memory.InsufficientMemoryError):
-        memory.plan(t, d, n_ctx=4096, kv_type="f16", use_mmap=True, budget=mapped.ram - 1, system=ram(64), cpu=AVX2)
+    with pytest.raises(planner.InsufficientMemoryError):
+        planner.plan(t, d, n_ctx=4096, kv_type="f16", use_mmap=True, budget=mapped.ram - 1, system=ram(64), cpu=AVX2)
 
 
 def test_nothing_fits_says_what_would(synth):
     t, d = synth["target"], synth["draft"]
-    alone = memory.plan(t, n_ctx=8192, kv_type="f16", system=ram(64), cpu=NO_REPACK)
-    with pytest.raises(memory.InsufficientMemoryError) as e:  # the target fits, the pair does not
-        memory.plan(t, d, n_ctx=8192, kv_type="f16", budget=alone.ram + 10 * MiB, system=ram(64), cpu=NO_REPACK)
+    alone = planner.plan(t, n_ctx=8192, kv_type="f16", system=ram(64), cpu=NO_REPACK)
+    with pytest.raises(planner.InsufficientMemoryError) as e:  # the target fits, the pair does not
+        planner.plan(t, d, n_ctx=8192, kv_type="f16", budget=alone.ram + 10 * MiB, system=ram(64), cpu=NO_REPACK)
     msg = e.value.line()
     assert "\n" not in msg and "budget is" in msg and "would fit:" in msg and "no draft model" in msg
     assert isinstance(e.value, EdgespecError)
-    with pytest.raises(memory.InsufficientMemoryError) as e:  # a fixed context too large: a smaller one fits
-        memory.plan(t, d, n_ctx=32768, kv_type="f16", budget=alone.ram + 300 * MiB, system=ram(64), cpu=NO_REPACK)
+    with pytest.raises(planner.InsufficientMemoryError) as e:  # a fixed context too large: a smaller one fits
+        planner.plan(t, d, n_ctx=32768, kv_type="f16", budget=alone.ram + 300 * MiB, system=ram(64), cpu=NO_REPACK)
     assert "--ctx 2048" in e.value.line()
-    with pytest.raises(memory.InsufficientMemoryError) as e:  # the weights alone are too big: a smaller quant
-        memory.plan(t, system=ram(64), budget=int(t.tensor_bytes * 0.7), cpu=NO_REPACK)
+    with pytest.raises(planner.InsufficientMemoryError) as e:  # the weights alone are too big: a smaller quant
+        planner.plan(t, system=ram(64), budget=int(t.tensor_bytes * 0.7), cpu=NO_REPACK)
     assert "smaller quantisation of the target (at most" in e.value.line()
-    with pytest.raises(memory.InsufficientMemoryError) as e:
-        memory.plan(t, d, budget=100 * MiB, system=ram(64), cpu=NO_REPACK)
+    with pytest.raises(planner.InsufficientMemoryError) as e:
+        planner.plan(t, d, budget=100 * MiB, system=ram(64), cpu=NO_REPACK)
     assert "nothing smaller fits" in e.value.line()
 
 
 def test_dedicated_gpu_placement_by_estimated_throughput(synth):
     t, d = synth["target"], synth["draft"]
-    roomy = memory.plan(t, d, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
+    roomy = planner.plan(t, d, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
     assert (roomy.n_gpu_layers, roomy.draft_gpu_layers, roomy.offload) == (-1, -1, "all")
     assert roomy.vram <= roomy.vram_budget and roomy.target_estimate.weights_vram > 0
-    d_full = memory.estimate_model(d, n_ctx=8192, n_gpu_layers=-1, cpu=NO_REPACK).vram
+    d_full = estimate.estimate_model(d, n_ctx=8192, n_gpu_layers=-1, cpu=NO_REPACK).vram
     budget = d_full + 600 * MiB  # the draft and a fifth of the target
     # memory-bound CPU (verifying extra positions is cheap): speculation pays, the draft goes first
-    p = memory.plan(t, d, vram_budget=budget, cpu_verify_cost=0.15, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
+    p = planner.plan(t, d, vram_budget=budget, cpu_verify_cost=0.15, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
     assert p.draft_gpu_layers == -1 and 0 < p.n_gpu_layers < 29 and p.offload == "draft-first"
     assert p.vram <= budget
     # compute-bound CPU (verifying costs 0.55 of a step per position): plain decoding of the target wins
-    p = memory.plan(t, d, vram_budget=budget, cpu_verify_cost=0.55, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
+    p = planner.plan(t, d, vram_budget=budget, cpu_verify_cost=0.55, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
     assert p.offload == "target-first" and p.n_gpu_layers > 0 and p.vram <= budget
     # a draft nearly as large as the target cannot pay for itself either way
-    p = memory.plan(t, synth["big_draft"], vram_budget=int(1.2 * GiB), cpu_verify_cost=0.15, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
+    p = planner.plan(t, synth["big_draft"], vram_budget=int(1.2 * GiB), cpu_verify_cost=0.15, system=ram(32, gpus=[gpu(48)]), cpu=NO_REPACK)
     assert p.offload == "target-first" and p.n_gpu_layers > 0
 
 
 def test_unified_memory_offloads_everything(synth):
-    p = memory.plan(synth["target"], synth["draft"], system=ram(32, gpus=[gpu(20, 24, unified=True, name="Metal")]), cpu=NO_REPACK)
+    p = planner.plan(synth["target"], synth["draft"], system=ram(32, gpus=[gpu(20, 24, unified=True, name="Metal")]), cpu=NO_REPACK)
     assert (p.n_gpu_layers, p.draft_gpu_layers, p.offload) == (-1, -1, "all") and p.vram == 0
     assert p.target_estimate.compute >= 512 * 32000 * 4  # GPU buffers live in system RAM
 
 
 def test_a_model_as_its_own_draft_is_mapped_once(synth):
     t = synth["target"]
-    alone = memory.plan(t, n_ctx=4096, kv_type="f16", system=ram(32), cpu=NO_REPACK)
-    self_pair = memory.plan(t, t, n_ctx=4096, kv_type="f16", system=ram(32), cpu=NO_REPACK)
+    alone = planner.plan(t, n_ctx=4096, kv_type="f16", system=ram(32), cpu=NO_REPACK)
+    self_pair = planner.plan(t, t, n_ctx=4096, kv_type="f16", system=ram(32), cpu=NO_REPACK)
     assert self_pair.draft_estimate.weights == 0 and self_pair.ram - alone.ram == self_pair.draft_estimate.ram
-    unmapped = memory.plan(t, t, n_ctx=4096, kv_type="f16", use_mmap=False, system=ram(32), cpu=NO_REPACK)
+    unmapped = planner.plan(t, t, n_ctx=4096, kv_type="f16", use_mmap=False, system=ram(32), cpu=NO_REPACK)
     assert unmapped.draft_estimate.weights == t.tensor_bytes
 
 
 def test_user_layers_without_a_gpu(synth):
-    p = memory.plan(synth["target"], n_gpu_layers=10, system=ram(32), cpu=NO_REPACK)
+    p = planner.plan(synth["target"], n_gpu_layers=10, system=ram(32), cpu=NO_REPACK)
     assert p.n_gpu_layers == 10 and p.vram == 0 and any("no GPU" in n for n in p.notes)
 
 
@@ -279,17 +281,17 @@ def test_mlock_only_when_the_limit_allows(synth, monkeypatch):
     import resource
 
     monkeypatch.setattr(resource, "getrlimit", lambda what: (8 * MiB, 8 * MiB))
-    p = memory.plan(synth["target"], use_mlock=True, system=ram(32), cpu=NO_REPACK)
+    p = planner.plan(synth["target"], use_mlock=True, system=ram(32), cpu=NO_REPACK)
     assert not p.use_mlock and any("RLIMIT_MEMLOCK" in n for n in p.notes)
     monkeypatch.setattr(resource, "getrlimit", lambda what: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    assert memory.plan(synth["target"], use_mlock=True, system=ram(32), cpu=NO_REPACK).use_mlock
+    assert planner.plan(synth["target"], use_mlock=True, system=ram(32), cpu=NO_REPACK).use_mlock
 
 
 def test_bad_arguments(synth):
     with pytest.raises(UsageError):
-        memory.plan(synth["target"], kv_type="q5_1", system=ram(32))
+        planner.plan(synth["target"], kv_type="q5_1", system=ram(32))
     with pytest.raises(UsageError):
-        memory.plan(synth["target"], n_ctx=4, system=ram(32))
+        planner.plan(synth["target"], n_ctx=4, system=ram(32))
 
 
 # ---------------------------------------------------------------- the CLI
@@ -354,7 +356,7 @@ def test_estimate_matches_peak_rss(request, which, n_ctx, n_prompt):
     the planner's estimate for the same settings: within 15%. (SmolLM2 reads a full 512-token batch;
     the Qwen pair a short prompt, to keep the run short on two cores.)"""
     paths = [request.getfixturevalue("smollm2")] if which == "smollm2" else list(request.getfixturevalue("qwen_pair"))
-    plan = memory.plan(paths[0], paths[1] if len(paths) > 1 else None, n_ctx=n_ctx, kv_type="f16", use_mmap=True, system=ram(64))
+    plan = planner.plan(paths[0], paths[1] if len(paths) > 1 else None, n_ctx=n_ctx, kv_type="f16", use_mmap=True, system=ram(64))
     peak = measured_peak(paths, n_ctx, n_prompt)
     err = (plan.ram - peak) / peak
     print(f"\n{which} n_ctx={n_ctx} prompt={n_prompt}: estimate {plan.ram / MiB:.0f} MiB, peak RSS {peak / MiB:.0f} MiB ({err:+.1%})")
@@ -369,5 +371,5 @@ def test_compute_buffer_reserve_matches_llama_cpp(smollm2):
     with llama.Model(smollm2, n_ctx=2048, n_threads=2) as m:
         sizes = [float(x.group(1)) for line in llama._log_lines if (x := re.search(r"CPU compute buffer size =\s*([\d.]+) MiB", line))]
     assert sizes and m is not None
-    ours = memory.compute_reserved(gguf_info.read(smollm2), 512) / MiB
+    ours = estimate.compute_reserved(gguf_info.read(smollm2), 512) / MiB
     assert ours == pytest.approx(sizes[-1], rel=0.10)

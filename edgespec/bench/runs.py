@@ -7,13 +7,11 @@ on a noisy machine (thermal throttling, another process) hits every mode alike. 
 recorded as `run_order` in the JSON.
 
 Every run starts from empty KV caches (prefill is measured, never reused from the previous mode) and
-a fresh controller: its initial costs are the calibrated ones (edgespec.calibrate, cached on disk,
-measured once if missing), deep-copied per run, so what one run learns never leaks into the next.
+a fresh controller: its initial costs are the calibrated ones (edgespec.machine.calibrate, cached on
+disk, measured once if missing), deep-copied per run, so what one run learns never leaks into the next.
 
-Greedy runs are compared with plain decoding of the same prompt and repeat: "exact", "near-tie"
-(the first differing token is one where the target's top-2 logit margin, from a one-token
-evaluation of prompt + plain[:i], is below the near-tie bound: llama.cpp's batched CPU evaluation is
-not bit-identical to one-token evaluation) or "MISMATCH".
+Greedy runs are compared with plain decoding of the same prompt and repeat (edgespec.bench.matching):
+"exact", "near-tie" or "MISMATCH".
 
 With lockstep, the edgespec modes of one prompt and repeat run side by side instead of one after the
 other: each has its own KV caches (Model.twin: a second context on the same weights) and they take
@@ -25,194 +23,22 @@ paired speed-ups are much tighter on a shared machine. llama.cpp rows still run 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import re
-import sys
 import time
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
-
-from edgespec.core.engine import Stats, Step, generate
-from edgespec.errors import EdgespecError, UsageError
+from edgespec.bench.matching import NEAR_TIE, first_divergence, text_divergence, top2_margin
+from edgespec.bench.modes import PLAIN, BenchMode
+from edgespec.bench.suite import Prompt
+from edgespec.core.engine import Step, generate
+from edgespec.core.kinds import Finish
+from edgespec.core.stats import Stats
 from edgespec.core.verify import SamplingParams
+from edgespec.errors import EdgespecError, UsageError
+from edgespec.machine.system import current_rss, loadavg
 
-CATEGORIES = ("codegen", "edit", "chat", "extract", "json")
-QUICK_CATEGORIES = ("codegen", "edit", "extract", "chat", "json")  # --quick: first prompt of the first three present
-DEFAULT_MODES = ("plain", "model-k2", "model-k4", "model-k6", "ngram", "auto")
 DEFAULT_MAX_TOKENS = 64
-QUICK_MAX_TOKENS = 64
-QUICK_PROMPTS = 3
-NEAR_TIE = 0.5  # logits; the largest batched-vs-one-token difference measured on CPU was ~0.43
 WARMUP_TOKENS = 8
-PLAIN = "plain"
-
-_SUITE_KEYS = ("id", "category", "prompt", "system", "max_tokens")
-
-
-# ----------------------------------------------------------------------------------------- suite
-@dataclass(frozen=True)
-class Prompt:
-    id: str
-    category: str
-    prompt: str
-    system: str | None = None
-    max_tokens: int | None = None  # lowers --max-tokens for this prompt
-
-
-def shipped_suite_text() -> str:
-    return resources.files("edgespec").joinpath("prompts", "suite.jsonl").read_text(encoding="utf-8")
-
-
-def load_suite(path: str | os.PathLike | None = None) -> list[Prompt]:
-    """The shipped suite, or a user's JSONL file in the same format."""
-    if path is None:
-        return parse_suite(shipped_suite_text(), "edgespec/prompts/suite.jsonl")
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"prompt file not found: {p}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{p} is a directory, not a JSONL prompt file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {p}: {e.strerror}") from None
-    return parse_suite(text, str(p))
-
-
-def parse_suite(text: str, name: str) -> list[Prompt]:
-    """One JSON object per line: id, category, prompt (required), system, max_tokens (optional).
-
-    Blank lines are skipped; anything else that is wrong fails naming the file and line.
-    """
-    prompts: list[Prompt] = []
-    first_line: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-
-        def bad(problem: str) -> UsageError:
-            return UsageError(
-                f"{name}:{lineno}: {problem}",
-                'each line must be a JSON object like {"id": "...", "category": "...", "prompt": "..."}',
-            )
-
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise bad(f"not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise bad(f"expected a JSON object, got {type(obj).__name__}")
-        unknown = sorted(set(obj) - set(_SUITE_KEYS))
-        if unknown:
-            raise bad(f"unknown key {unknown[0]!r} (allowed: {', '.join(_SUITE_KEYS)})")
-        for key in ("id", "category", "prompt"):
-            if key not in obj:
-                raise bad(f'missing "{key}"')
-            if not isinstance(obj[key], str) or not obj[key].strip():
-                raise bad(f'"{key}" must be a non-empty string')
-        system = obj.get("system")
-        if system is not None and not isinstance(system, str):
-            raise bad('"system" must be a string')
-        mt = obj.get("max_tokens")
-        if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
-            raise bad(f'"max_tokens" must be a whole number >= 1, got {mt!r}')
-        pid = obj["id"]
-        if pid in first_line:
-            raise bad(f"duplicate id {pid!r} (first on line {first_line[pid]})")
-        first_line[pid] = lineno
-        prompts.append(Prompt(pid, obj["category"], obj["prompt"], system or None, mt))
-    if not prompts:
-        raise UsageError(f"{name} has no prompts")
-    return prompts
-
-
-def select(prompts: Sequence[Prompt], categories: Sequence[str] = (), quick: bool = False) -> list[Prompt]:
-    """Filter by category (in suite order); --quick keeps the first prompt of up to three categories."""
-    out = list(prompts)
-    if categories:
-        present = sorted({p.category for p in prompts})
-        for c in categories:
-            if c not in present:
-                raise UsageError(f"no prompts in category {c!r}", f"categories here: {', '.join(present)}")
-        out = [p for p in out if p.category in set(categories)]
-    if quick:
-        firsts: dict[str, Prompt] = {}
-        for p in out:
-            firsts.setdefault(p.category, p)
-        order = [c for c in QUICK_CATEGORIES if c in firsts] + [c for c in firsts if c not in QUICK_CATEGORIES]
-        chosen = {firsts[c].id for c in order[:QUICK_PROMPTS]}
-        for p in out:  # fewer categories than QUICK_PROMPTS: top up in suite order
-            if len(chosen) >= QUICK_PROMPTS:
-                break
-            chosen.add(p.id)
-        out = [p for p in out if p.id in chosen]
-    return out
-
-
-# ----------------------------------------------------------------------------------------- modes
-@dataclass(frozen=True)
-class Mode:
-    """A way to decode: `drafter` is the engine's mode (none, model, ngram, auto) or "llama.cpp"
-    (llama.cpp's llama-speculative-simple binary); `k` a fixed draft length, None: chosen per step."""
-
-    name: str
-    drafter: str
-    k: int | None = None
-
-    @property
-    def external(self) -> bool:
-        return self.drafter == "llama.cpp"
-
-    @property
-    def needs_draft(self) -> bool:
-        return self.drafter in ("model", "llama.cpp")
-
-
-_MODE_RE = re.compile(r"^(plain|none|model|ngram|auto|llama\.cpp-spec)(?:-k(\d+))?$")
-MODE_HELP = "plain, model-kN, model (k chosen per step), ngram, ngram-kN, auto, llama.cpp-spec[-kN]"
-
-
-def parse_mode(text: str, llama_cpp_k: int = 4) -> Mode:
-    m = _MODE_RE.match(text.strip().lower())
-    if not m:
-        raise UsageError(f"unknown mode {text!r}", f"modes: {MODE_HELP}")
-    kind, k = m.group(1), (int(m.group(2)) if m.group(2) is not None else None)
-    if kind in ("plain", "none"):
-        if k is not None:
-            raise UsageError(f"mode {text!r}: plain decoding has no draft length", "use plain")
-        return Mode(PLAIN, "none", 0)
-    if kind == "auto" and k is not None:
-        raise UsageError(f"mode {text!r}: auto chooses k itself", "use auto, or model-kN for a fixed k")
-    if k is not None and not 1 <= k <= 64:
-        raise UsageError(f"mode {text!r}: k must be between 1 and 64")
-    if kind == "llama.cpp-spec":
-        k = llama_cpp_k if k is None else k
-        return Mode(f"llama.cpp-spec-k{k}", "llama.cpp", k)
-    return Mode(kind if k is None else f"{kind}-k{k}", kind, k)
-
-
-def parse_modes(values: Sequence[str], llama_cpp_k: int = 4) -> list[Mode]:
-    """Comma-separated and/or repeated; duplicates dropped; plain added first when missing
-    (speedups and the match check are relative to it)."""
-    modes: list[Mode] = []
-    for v in values:
-        for part in v.split(","):
-            if part.strip():
-                mode = parse_mode(part, llama_cpp_k)
-                if mode.name not in {m.name for m in modes}:
-                    modes.append(mode)
-    if not modes:
-        raise UsageError("--modes is empty", f"modes: {MODE_HELP}")
-    if PLAIN not in {m.name for m in modes}:
-        modes.insert(0, Mode(PLAIN, "none", 0))
-    return modes
 
 
 def run_order(n_prompts: int, n_modes: int, repeats: int) -> list[tuple[int, int, int]]:
@@ -220,10 +46,9 @@ def run_order(n_prompts: int, n_modes: int, repeats: int) -> list[tuple[int, int
     return [(r, p, (r + j) % n_modes) for r in range(repeats) for p in range(n_prompts) for j in range(n_modes)]
 
 
-# ------------------------------------------------------------------------------------------ runs
 @dataclass
 class Run:
-    """One prompt decoded once in one mode."""
+    """One prompt decoded once in one mode: its statistics and how it compares with plain decoding."""
 
     seq: int  # position in the run order (0-based)
     repeat: int
@@ -231,20 +56,10 @@ class Run:
     category: str
     mode: str
     k: int | None
-    prompt_tokens: int = 0  # the prompt's length
-    prefill_tokens: int = 0  # evaluated in the prefill (the last prompt token goes with the first step)
-    generated_tokens: int = 0
-    finish: str | None = None
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
+    stats: Stats = field(default_factory=Stats)
+    per_step: bool = True  # False: the counts come from llama.cpp's report, which has no per-step detail
+    finish: Finish | None = None
     wall_s: float = 0.0
-    drafted: int = 0
-    accepted: int = 0
-    draft_steps: int | None = 0  # None: not reported (llama.cpp)
-    target_passes: int | None = 0
-    k_hist: dict[int, int] = field(default_factory=dict)
-    accepted_hist: dict[int, int] = field(default_factory=dict)
-    drafter_steps: dict[str, int] = field(default_factory=dict)
     peak_rss: int | None = None  # bytes
     text: str | None = ""  # None: the reply could not be read (llama.cpp's echo not found)
     tokens: list[int] | None = None  # None for llama.cpp rows: they are compared by their bytes
@@ -255,58 +70,21 @@ class Run:
     margin: float | None = None
 
     @property
-    def prefill_tps(self) -> float:
-        return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
-
-    @property
-    def decode_tps(self) -> float:
-        return self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-    @property
     def e2e_tps(self) -> float:
-        return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def mean_accepted(self) -> float | None:
-        if self.draft_steps is None:
-            return None
-        return self.accepted / self.draft_steps if self.draft_steps else 0.0
+        return self.stats.generated / self.wall_s if self.wall_s > 0 else 0.0
 
     def as_dict(self) -> dict:
+        stats = self.stats.as_dict()
+        if not self.per_step:
+            stats.update(mean_accepted_length=None, draft_steps=None, target_passes=None, tokens_per_target_pass=None)
         return {
             "seq": self.seq, "repeat": self.repeat, "prompt": self.prompt_id, "category": self.category,
-            "mode": self.mode, "k": self.k, "prompt_tokens": self.prompt_tokens, "prefill_tokens": self.prefill_tokens,
-            "generated_tokens": self.generated_tokens, "finish": self.finish,
-            "prefill_s": round(self.prefill_s, 5), "prefill_tokens_per_s": round(self.prefill_tps, 2),
-            "decode_s": round(self.decode_s, 5), "decode_tokens_per_s": round(self.decode_tps, 3),
+            "mode": self.mode, "k": self.k, **stats, "finish": self.finish,
             "wall_s": round(self.wall_s, 5), "e2e_tokens_per_s": round(self.e2e_tps, 3),
             "speedup": None if self.speedup is None else round(self.speedup, 4),
-            "drafted": self.drafted, "accepted": self.accepted,
-            "acceptance_rate": round(self.acceptance_rate, 4),
-            "mean_accepted_length": None if self.mean_accepted is None else round(self.mean_accepted, 3),
-            "draft_steps": self.draft_steps, "target_passes": self.target_passes,
-            "k_histogram": {str(k): v for k, v in sorted(self.k_hist.items())},
-            "accepted_histogram": {str(k): v for k, v in sorted(self.accepted_hist.items())},
-            "drafter_steps": dict(sorted(self.drafter_steps.items())),
             "peak_rss_bytes": self.peak_rss, "match": self.match, "first_diff": self.first_diff,
             "margin": None if self.margin is None else round(self.margin, 4), "text": self.text,
         }
-
-
-def _fill_from_stats(run: Run, s: Stats) -> None:
-    run.prefill_tokens = s.prompt_tokens
-    run.generated_tokens = s.generated
-    run.prefill_s, run.decode_s = s.t_prefill, s.t_decode
-    run.drafted, run.accepted, run.draft_steps, run.target_passes = s.drafted, s.accepted, s.draft_steps, s.steps
-    run.k_hist, run.accepted_hist, run.drafter_steps = dict(s.k_hist), dict(s.accepted_hist), dict(s.drafter_steps)
-
-
-# -------------------------------------------------------------------------------------- memory
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @dataclass
@@ -316,7 +94,7 @@ class _Live:
     steps: Iterator[Step]
     stats: Stats = field(default_factory=Stats)
     tokens: list[int] = field(default_factory=list)
-    finish: str | None = None
+    finish: Finish | None = None
     peak: int | None = None  # the process's peak RSS seen while it ran
 
     def __post_init__(self):
@@ -345,71 +123,6 @@ def _drive(lives: Sequence[_Live]) -> None:
             g.steps.close()
 
 
-def current_rss() -> int | None:
-    """Resident set size of this process now, in bytes (None where it cannot be read)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # type: ignore[import-not-found]
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:
-        return None
-
-
-def process_peak_rss() -> int | None:
-    """Peak RSS of this process so far (bytes)."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak) if sys.platform == "darwin" else int(peak) * 1024
-    except Exception:
-        return None
-
-
-# ------------------------------------------------------------------------------------- matching
-def first_divergence(ref: Sequence[int], out: Sequence[int], prefix_only: bool = False) -> int | None:
-    """Index of the first differing token; None when equal (or, prefix_only, when one is a prefix of the other)."""
-    n = min(len(ref), len(out))
-    for i in range(n):
-        if ref[i] != out[i]:
-            return i
-    if prefix_only or len(ref) == len(out):
-        return None
-    return n
-
-
-def text_divergence(pieces: Sequence[bytes], out: bytes) -> int | None:
-    """For a reply known only as printed bytes (llama.cpp's): the index of the reference token whose bytes
-    first differ from it, or None when one is a prefix of the other."""
-    ref = b"".join(pieces)
-    n = min(len(ref), len(out))
-    j = next((i for i in range(n) if ref[i] != out[i]), None)
-    if j is None:
-        return None
-    end = 0
-    for i, piece in enumerate(pieces):
-        end += len(piece)
-        if end > j:
-            return i
-    return len(pieces)
-
-
-def top2_margin(target, context: Sequence[int], banned: Sequence[int] = ()) -> float:
-    """The target's top-2 logit margin for the token after `context`, from a one-token evaluation."""
-    target.advance_to(list(context[:-1]))
-    row = np.array(target.eval([context[-1]], logits="last")[-1], dtype=np.float32)
-    if len(banned):
-        row[np.asarray(banned, dtype=np.int64)] = -np.inf
-    top2 = np.partition(row, -2)[-2:]
-    return float(top2[1] - top2[0])
-
-
-# ---------------------------------------------------------------------------------------- bench
 @dataclass
 class Settings:
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -422,11 +135,17 @@ class Settings:
     near_tie: float = NEAR_TIE
     lockstep: bool = False  # edgespec modes of a prompt step in turn, each in its own context
 
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise UsageError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.max_tokens < 1:
+            raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+
 
 @dataclass
 class Result:
     prompts: list[Prompt]
-    modes: list[Mode]
+    modes: list[BenchMode]
     settings: Settings
     runs: list[Run] = field(default_factory=list)
     prompt_token_counts: dict[str, int] = field(default_factory=dict)
@@ -444,19 +163,15 @@ Progress = Callable[[int, int, str], None]  # (runs done, runs total, what runs 
 class Bench:
     """Runs a suite on one loaded target/draft pair (and optionally llama.cpp's binary)."""
 
-    def __init__(self, target, draft, prompts: Sequence[Prompt], modes: Sequence[Mode], settings: Settings,
+    def __init__(self, target, draft, prompts: Sequence[Prompt], modes: Sequence[BenchMode], settings: Settings,
                  llama_cpp=None):
-        from edgespec.session.runner import check_fits, prompt_tokens
+        from edgespec.session.loading import check_fits, prompt_tokens
 
         for m in modes:
             if m.needs_draft and draft is None:
                 raise UsageError(f"mode {m.name} needs a draft model", "pass --draft or --pair, or leave that mode out of --modes")
             if m.external and llama_cpp is None:
                 raise UsageError(f"mode {m.name} needs --llama-cpp-bin DIR")
-        if settings.repeats < 1:
-            raise UsageError(f"--repeats must be >= 1, got {settings.repeats}")
-        if settings.max_tokens < 1:
-            raise UsageError(f"--max-tokens must be >= 1, got {settings.max_tokens}")
         self.target, self.draft = target, draft
         self.prompts, self.modes, self.settings = list(prompts), list(modes), settings
         self.llama_cpp = llama_cpp
@@ -478,18 +193,19 @@ class Bench:
     # ------------------------------------------------------------------------------ set-up
     def prepare(self, on_calibrate: Callable[[], None] | None = None) -> dict | None:
         """One controller per mode, built once; each run gets a deep copy. Returns the calibrated costs used."""
-        from edgespec.session.runner import GenOptions, make_controller
+        from edgespec.session.options import GenOptions
+        from edgespec.session.runner import make_controller
 
         costs = None
         for m in self.modes:
             if m.external:
                 continue
-            opts = GenOptions(mode=m.drafter, k=m.k if m.drafter != "none" else None, k_max=self.settings.k_max)
+            opts = GenOptions(mode=m.engine, k=m.k if m.k else None, k_max=self.settings.k_max)
             # The draft is passed for every mode, as `edgespec run` does with a pair, so all modes share one
-            # calibration entry; only model and auto runs hand it to the engine (see _generate).
+            # calibration entry; only model and auto runs hand it to the engine (see _start).
             ctl = make_controller(self.target, self.draft, opts, on_calibrate=on_calibrate)
             self.templates[m.name] = ctl
-            if ctl.k_fixed is None and costs is None:
+            if ctl.adaptive and costs is None:
                 costs = {"verify_s": {str(n): v for n, v in sorted(ctl.costs.verify.items())}, "draft_token_s": ctl.costs.draft_token}
         return costs
 
@@ -502,31 +218,25 @@ class Bench:
         done = []
         for m in self.modes:
             if not m.external:
-                self._generate(m, self.tokens[i], n, seed=self.settings.seed)
+                _drive([self._start(m, self.target, self.draft, self.tokens[i], n, seed=self.settings.seed)])
                 done.append(m.name)
         return {"prompt": self.prompts[i].id, "modes": done, "max_tokens": n}
 
     # --------------------------------------------------------------------------------- runs
-    def _start(self, mode: Mode, target, draft, prompt: list[int], max_tokens: int, seed: int) -> "_Live":
+    def _start(self, mode: BenchMode, target, draft, prompt: list[int], max_tokens: int, seed: int) -> _Live:
         """A generation of `mode` on these contexts, from cold caches (every run pays its own prefill)."""
         target.rollback(0)
         if draft is not None:
             draft.rollback(0)
         return _Live(generate(
-            target, draft if mode.drafter in ("model", "auto") else None, prompt, sampling=self.settings.sampling,
+            target, draft if mode.uses_draft else None, prompt, sampling=self.settings.sampling,
             max_tokens=max_tokens, seed=seed, suppress=self.banned, controller=copy.deepcopy(self.templates[mode.name]),
         ))
-
-    def _generate(self, mode: Mode, prompt: list[int], max_tokens: int, seed: int) -> tuple[Stats, list[int], str | None, float, int | None]:
-        g = self._start(mode, self.target, self.draft, prompt, max_tokens, seed)
-        t0 = time.perf_counter()
-        _drive([g])
-        return g.stats, g.tokens, g.finish, time.perf_counter() - t0, g.peak
 
     def _seed(self, repeat: int, pi: int) -> int:
         return self.settings.seed + 1000 * repeat + pi  # the same for every mode of this prompt and repeat
 
-    def _models_for(self, mode: Mode):
+    def _models_for(self, mode: BenchMode):
         """Lockstep: the first edgespec mode uses the loaded contexts, each further one a twin of its own."""
         if mode.name not in self._contexts:
             if not self._contexts:
@@ -535,7 +245,7 @@ class Bench:
                 need = max(len(t) for t in self.tokens) + self.settings.max_tokens + self.settings.k_max + 2
                 n_ctx = min(self.target.n_ctx, 256 * -(-need // 256))
                 t = self.target.twin(n_ctx)
-                d = self.draft.twin(n_ctx) if self.draft is not None and mode.drafter in ("model", "auto") else None
+                d = self.draft.twin(n_ctx) if self.draft is not None and mode.uses_draft else None
                 self._contexts[mode.name] = (t, d)
         return self._contexts[mode.name]
 
@@ -548,49 +258,36 @@ class Bench:
                 d.close()
         self._contexts = {}
 
-    def _run_lockstep(self, items: list[tuple[int, int, int, Mode]]) -> list[Run]:
-        """(seq, repeat, prompt index, mode) of one prompt and repeat, edgespec modes only: one step each in turn."""
-        runs, lives = [], []
+    def _run_group(self, items: list[tuple[int, int, int, BenchMode]], lockstep: bool) -> list[Run]:
+        """(seq, repeat, prompt index, mode) of edgespec modes: side by side (lockstep), or one after the other."""
+        runs = []
+        lives: list[_Live] = []
         for seq, repeat, pi, mode in items:
             p = self.prompts[pi]
             runs.append(Run(seq, repeat, p.id, p.category, mode.name, mode.k))
-            lives.append(self._start(mode, *self._models_for(mode), self.tokens[pi], self.max_tokens(p), self._seed(repeat, pi)))
-        _drive(lives)
-        for run, g, (_, _, pi, _) in zip(runs, lives, items):
-            # its own steps only: the other modes ran in between
-            self._fill(run, pi, g.stats, g.tokens, g.finish, g.stats.t_prefill + g.stats.t_decode, g.peak)
+            models = self._models_for(mode) if lockstep else (self.target, self.draft)
+            g = self._start(mode, *models, self.tokens[pi], self.max_tokens(p), self._seed(repeat, pi))
+            if lockstep:
+                lives.append(g)
+                continue
+            t0 = time.perf_counter()
+            _drive([g])
+            self._fill(runs[-1], g, time.perf_counter() - t0)
+        if lockstep:
+            _drive(lives)
+            for run, g in zip(runs, lives):
+                self._fill(run, g, g.stats.t_prefill + g.stats.t_decode)  # its own steps only: the others ran in between
         return runs
 
-    def _run_all_lockstep(self, order, res: Result, progress: Progress | None) -> None:
-        M = len(self.modes)
-        for g in range(0, len(order), M):
-            items = [(g + j, r, pi, self.modes[mi]) for j, (r, pi, mi) in enumerate(order[g : g + M])]
-            r, pi = items[0][1], items[0][2]
-            if progress:
-                progress(g, len(order), f"{self.prompts[pi].id}" + (f" · repeat {r + 1}" if self.settings.repeats > 1 else ""))
-            group = self._run_lockstep([it for it in items if not it[3].external])
-            for seq, rr, ppi, mode in items:
-                if mode.external:
-                    group.append(self._run_one(seq, rr, ppi, mode))
-            group.sort(key=lambda run: run.seq)
-            res.runs.extend(group)
-            self._compare(group)
-
-    def _run_one(self, seq: int, repeat: int, pi: int, mode: Mode) -> Run:
+    def _run_external(self, seq: int, repeat: int, pi: int, mode: BenchMode) -> Run:
         p = self.prompts[pi]
-        run = Run(seq, repeat, p.id, p.category, mode.name, mode.k)
-        seed = self._seed(repeat, pi)
-        if mode.external:
-            self.llama_cpp.run(run, self.target, self.draft, p, self.tokens[pi], self.max_tokens(p), seed)
-            return run
-        self._fill(run, pi, *self._generate(mode, self.tokens[pi], self.max_tokens(p), seed))
+        run = Run(seq, repeat, p.id, p.category, mode.name, mode.k, per_step=False)
+        self.llama_cpp.run(run, self.target, self.draft, p, self.tokens[pi], self.max_tokens(p), self._seed(repeat, pi))
         return run
 
-    def _fill(self, run: Run, pi: int, stats: Stats, tokens: list[int], finish: str | None, wall: float, peak: int | None) -> None:
-        _fill_from_stats(run, stats)
-        run.prompt_tokens = len(self.tokens[pi])
-        run.tokens, run.finish, run.wall_s, run.peak_rss = tokens, finish, wall, peak
-        run.text = self.target.detokenize(tokens)
+    def _fill(self, run: Run, g: _Live, wall: float) -> None:
+        run.stats, run.tokens, run.finish, run.wall_s, run.peak_rss = g.stats, g.tokens, g.finish, wall, g.peak
+        run.text = self.target.detokenize(g.tokens)
 
     def _compare(self, group: list[Run]) -> None:
         """Speedups and match flags for one prompt and repeat, against its plain run."""
@@ -605,8 +302,8 @@ class Bench:
         for r in group:
             if r is plain:
                 continue
-            if plain.decode_tps > 0 and r.decode_tps > 0:
-                r.speedup = r.decode_tps / plain.decode_tps
+            if plain.stats.tokens_per_s > 0 and r.stats.tokens_per_s > 0:
+                r.speedup = r.stats.tokens_per_s / plain.stats.tokens_per_s
             if not greedy or plain.tokens is None:
                 continue
             if r.tokens is not None:
@@ -626,41 +323,43 @@ class Bench:
             r.match = "near-tie" if r.margin < self.settings.near_tie else "MISMATCH"
 
     def run(self, progress: Progress | None = None) -> Result:
-        """Every prompt in every mode, `repeats` times, in run_order's order. Ctrl-C keeps what is done."""
+        """Every prompt in every mode, `repeats` times, in run_order's order. Ctrl-C keeps what is done.
+
+        One prompt and repeat at a time: its edgespec modes (side by side with lockstep), then
+        llama.cpp's, each in its place in the run order."""
         res = Result(self.prompts, self.modes, self.settings, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         res.prompt_token_counts = {p.id: len(t) for p, t in zip(self.prompts, self.tokens)}
         before = loadavg()
         t_start = time.perf_counter()
         order = run_order(len(self.prompts), len(self.modes), self.settings.repeats)
         M = len(self.modes)
-        group: list[Run] = []
         try:
-            if self.settings.lockstep:
-                self._run_all_lockstep(order, res, progress)
-            for seq, (r, pi, mi) in enumerate([] if self.settings.lockstep else order):
-                mode = self.modes[mi]
-                if progress:
-                    progress(seq, len(order), f"{self.prompts[pi].id} · {mode.name}" + (f" · repeat {r + 1}" if self.settings.repeats > 1 else ""))
-                run = self._run_one(seq, r, pi, mode)
-                res.runs.append(run)
-                group.append(run)
-                if len(group) == M:
+            for g in range(0, len(order), M):
+                items = [(g + j, r, pi, self.modes[mi]) for j, (r, pi, mi) in enumerate(order[g : g + M])]
+                group: list[Run] = []
+                try:
+                    if self.settings.lockstep:
+                        self._note(progress, g, len(order), items[0], None)
+                        group = self._run_group([it for it in items if not it[3].external], lockstep=True)
+                        group += [self._run_external(*it) for it in items if it[3].external]
+                    else:
+                        for it in items:
+                            self._note(progress, it[0], len(order), it, it[3].name)
+                            group += [self._run_external(*it)] if it[3].external else self._run_group([it], lockstep=False)
+                finally:
+                    group.sort(key=lambda run: run.seq)
+                    res.runs.extend(group)
                     self._compare(group)
-                    group = []
         except KeyboardInterrupt:
             res.interrupted = True
-            if group:
-                self._compare(group)
         if progress:
             progress(len(res.runs), len(order), "done")
         res.wall_s = time.perf_counter() - t_start
         res.loadavg = {"before": before, "after": loadavg()}
         return res
 
-
-def loadavg() -> list[float] | None:
-    """1, 5 and 15-minute load averages (None where the OS has none)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # Windows
-        return None
+    def _note(self, progress: Progress | None, done: int, total: int, item, mode_name: str | None) -> None:
+        if progress:
+            _, r, pi, _ = item
+            what = self.prompts[pi].id + (f" · {mode_name}" if mode_name else "")
+            progress(done, total, what + (f" · repeat {r + 1}" if self.settings.repeats > 1 else ""))

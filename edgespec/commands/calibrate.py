@@ -9,51 +9,29 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgespec.commands.options import (
-    AmxOpt,
-    BudgetOpt, CtxOpt, KvTypeOpt, DraftNglOpt, DraftOpt, KMaxOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt, YesOpt, err, load_models,
-)
+from edgespec.commands.options import K_MAX, LOADING, MODELS, close, err, load_models, takes
 
 ACCEPTANCE = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
+@takes(MODELS, K_MAX, LOADING)
 def calibrate(
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
-    yes: YesOpt = False,
-    source: SourceOpt = "auto",
-    k_max: KMaxOpt = 16,
-    ctx: CtxOpt = None,
-    kv_type: KvTypeOpt = None,
-    budget: BudgetOpt = None,
-    threads: ThreadsOpt = None,
-    n_gpu_layers: NglOpt = None,
-    draft_gpu_layers: DraftNglOpt = None,
-    amx: AmxOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurements and predictions as JSON.")] = False,
+    *, models, k_max, load,
 ) -> None:
     """Measure target and draft step costs, cache them, and predict the speed-up for each k."""
+    from edgespec.core.policy import MODEL_EDGES, break_even, speedup
     from edgespec.machine import calibrate as cal
     from edgespec.machine import cpu_paths
-    from edgespec.models import registry
-    from edgespec.session import runner
-    from edgespec.core.policy import MODEL_EDGES
 
-    models = registry.resolve(registry.load_registry(), pair, target, draft)
-    load = runner.LoadOptions(
-        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget, amx=amx
-    )
-    tmodel, dmodel = load_models(models, load, yes=yes, source=source)
+    tmodel, dmodel = load_models(models, load)
     try:
         with err.status("measuring (about 15 s on a 2-core CPU)", spinner="dots"):
             costs = cal.measure(tmodel, dmodel, k_max)
         cal.save(tmodel, dmodel, costs)
-        paths = cpu_paths.report(cpu_paths.decide(amx), (tmodel, dmodel))
+        paths = cpu_paths.report(cpu_paths.decide(load.amx), (tmodel, dmodel))
     finally:
-        tmodel.close()
-        if dmodel is not None:
-            dmodel.close()
+        close(tmodel, dmodel)
 
     base = costs.verify_cost(1)
     ks = [k for k in (1, 2, 3, 4, 6, 8, 12, 16) if k <= k_max]
@@ -61,10 +39,10 @@ def calibrate(
     if costs.draft_token is not None:
         drafters = {"model": costs.draft_token, **drafters}
     predicted = {
-        name: {str(k): {str(a): round(cal.speedup(costs, k, a, per), 3) for a in ACCEPTANCE} for k in ks}
+        name: {str(k): {str(a): round(speedup(costs, k, a, per), 3) for a in ACCEPTANCE} for k in ks}
         for name, per in drafters.items()
     }
-    verdict = {name: cal.break_even(costs, per, k_max) for name, per in drafters.items()}
+    verdict = {name: break_even(costs, per, k_max) for name, per in drafters.items()}
     agree = None
     if costs.draft_agreement:
         hits, tries = sum(h for h, _ in costs.draft_agreement), sum(t for _, t in costs.draft_agreement)
@@ -72,7 +50,7 @@ def calibrate(
                  "by_draft_probability": {f">={e}": hb for e, hb in zip(MODEL_EDGES, costs.draft_agreement)}}
     if as_json:
         print(json.dumps({
-            "target": str(models.target), "draft": str(models.draft) if dmodel is not None else None,
+            "target": str(models.resolved.target), "draft": str(models.resolved.draft) if dmodel is not None else None,
             "verify_s": {str(n): v for n, v in sorted(costs.verify.items())},
             "verify_relative": {str(n): round(v / base, 3) for n, v in sorted(costs.verify.items())},
             "draft_token_s": costs.draft_token, "draft_agreement": agree, "predicted_speedup": predicted,
@@ -81,7 +59,7 @@ def calibrate(
         return
 
     out = Console()
-    out.print(f"CPU weight paths: {cpu_paths.summary(cpu_paths.decide(amx))}", soft_wrap=True)
+    out.print(f"CPU weight paths: {cpu_paths.summary(cpu_paths.decide(load.amx))}", soft_wrap=True)
     t = Table(title="target decode of n positions (logits at each)")
     for col in ("n", "ms", "x one token", "ms per position"):
         t.add_column(col, justify="right")

@@ -1,6 +1,6 @@
 """`edgespec chat`: an interactive chat in the terminal, or one message per line when stdin is piped.
 
-The conversation logic (tokens, slash commands, save/load) is edgespec/chat.py; this module is the
+The conversation logic (tokens, slash commands, save/load) is edgespec/session/chat.py; this module is the
 terminal: options, the start-up panel, line input with history, streamed output, status lines.
 """
 
@@ -20,13 +20,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from edgespec.commands.options import (
-    AmxOpt,
-    TempOpt, TopKOpt, TopPOpt, MinPOpt, SeedOpt, sampling_params,
-    BudgetOpt, CtxOpt, KvTypeOpt, DraftModeOpt, DraftNglOpt, DraftOpt, KMaxOpt, KOpt, NglOpt, PairOpt, SourceOpt, TargetOpt, ThreadsOpt,
-    YesOpt, err, load_models,
-)
-from edgespec.errors import ContextOverflowError, EdgespecError, UsageError
+from edgespec.commands.options import DRAFTING, LOADING, MODELS, SAMPLING, close, err, load_models, takes
+from edgespec.core.kinds import Finish
+from edgespec.errors import ContextOverflowError, EdgespecError
 
 COMMANDS = ["/help", "/reset", "/system", "/stats", "/mode", "/k", "/temp", "/save", "/load", "/exit"]
 
@@ -35,32 +31,14 @@ COMMANDS = ["/help", "/reset", "/system", "/stats", "/mode", "/k", "/temp", "/sa
 _CONTROLS = {c: 0x2400 + c for c in range(32) if c not in (9, 10)} | {127: 0x2421} | {c: 0xFFFD for c in range(0x80, 0xA0)}
 
 
+@takes(MODELS, DRAFTING, SAMPLING, LOADING)
 def chat(
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
-    yes: YesOpt = False,
-    source: SourceOpt = "auto",
-    draft_mode: DraftModeOpt = "auto",
-    k: KOpt = None,
-    k_max: KMaxOpt = 16,
-    temp: TempOpt = 0.0,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    min_p: MinPOpt = 0.05,
-    seed: SeedOpt = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")] = 1024,
     stop: Annotated[Optional[List[str]], typer.Option("--stop", help="End a reply when this text appears (repeatable).", show_default=False)] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never end a reply at an end-of-generation token (for benchmarks).")] = False,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.", show_default=False)] = None,
     show_draft: Annotated[bool, typer.Option("--show-draft", help="Colour the text that came from accepted drafts.")] = False,
-    ctx: CtxOpt = None,
-    kv_type: KvTypeOpt = None,
-    budget: BudgetOpt = None,
-    threads: ThreadsOpt = None,
-    n_gpu_layers: NglOpt = None,
-    draft_gpu_layers: DraftNglOpt = None,
-    amx: AmxOpt = None,
+    *, models, drafting, sampling, load,
 ) -> None:
     """Chat with a model; replies stream as they are generated.
 
@@ -68,28 +46,14 @@ def chat(
     Ctrl-C stops a reply, Ctrl-D quits. With stdin piped: one message per line, only the replies on
     stdout.
     """
-    from edgespec.models import registry
-    from edgespec.session import runner
-    from edgespec.session.chat import MODES, Session
+    from edgespec.models import cache
+    from edgespec.session.chat import Session
+    from edgespec.session.options import GenOptions
 
-    if draft_mode not in MODES:
-        raise UsageError(f"--draft-mode must be one of {', '.join(MODES)}, got {draft_mode!r}")
-    if k is not None and k < 0:
-        raise UsageError(f"--k must be >= 0, got {k}")
-    if max_tokens < 1:
-        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
-    sampling = sampling_params(temp, top_k, top_p, min_p)
-    models = registry.resolve(registry.load_registry(), pair, target, draft)
-    if draft_mode == "model" and models.draft is None:
-        raise UsageError("--draft-mode model needs a draft model", "give --draft or --pair")
-    gen = runner.GenOptions(
-        mode=draft_mode, k=k, k_max=k_max, sampling=sampling, max_tokens=max_tokens, seed=seed,
-        stop=tuple(stop or ()), ignore_eos=ignore_eos,
-    )
-    load = runner.LoadOptions(
-        n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, kv_type=kv_type, budget=budget, amx=amx
-    )
-    tmodel, dmodel = load_models(models, load, yes=yes, source=source)
+    gen = GenOptions(mode=drafting.mode, k=drafting.k, k_max=drafting.k_max, sampling=sampling.params, seed=sampling.seed,
+                     max_tokens=max_tokens, stop=tuple(stop or ()), ignore_eos=ignore_eos)
+    gen.check_draft(models.has_draft)
+    tmodel, dmodel = load_models(models, load)
     code = 0
     try:
         session = Session(tmodel, dmodel, gen, system=system, on_calibrate=_calibrating)
@@ -97,12 +61,12 @@ def chat(
         with err.status("getting ready", spinner="dots"):
             session.controller()  # may measure this machine's costs: now, not in the first reply
         interactive = sys.stdin.isatty()
-        reader = _TerminalInput(registry.cache_dir() / "chat_history") if interactive else None
+        reader = _TerminalInput(cache.cache_dir() / "chat_history") if interactive else None
         try:
             messages = reader.messages() if reader else _piped_messages(sys.stdin)
             code = _converse(session, messages, _ReplyPrinter(show_draft, interactive), interactive)
         except Exception as e:
-            failure = _failed(session, e, registry.cache_dir() / "chats")
+            failure = _failed(session, e, cache.cache_dir() / "chats")
             if failure is e:
                 raise
             raise failure from e
@@ -110,9 +74,7 @@ def chat(
             if reader:
                 reader.close()
     finally:
-        tmodel.close()
-        if dmodel is not None:
-            dmodel.close()
+        close(tmodel, dmodel)
     if code:
         raise typer.Exit(code)
 
@@ -151,7 +113,7 @@ def _converse(session, messages: Iterable[str], show, interactive: bool) -> int:
                     err.print(escape(line), style="dim", soft_wrap=True)
             for w in turn.warnings:
                 err.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
-            if not interactive and turn.finish == "interrupted":
+            if not interactive and turn.finish == Finish.INTERRUPTED:
                 err.print("[yellow]interrupted[/]")
                 return 130
         except KeyboardInterrupt:  # outside a reply (a status line, a slow command): back to the prompt
@@ -184,8 +146,8 @@ def _status_parts(session, turn) -> list[str]:
         parts.append(f"mean accepted length {s.mean_accepted:.2f}")
     else:
         parts.append(f"no drafts (mode {session.gen.mode}, k {session.k_text()})")
-    parts.append(f"prompt {s.prompt_tokens} new + {s.reused_tokens} cached")
-    note = {"interrupted": "interrupted", "length": "cut at --max-tokens", "context": "context full"}.get(turn.finish or "")
+    parts.append(f"prompt {s.prompt_tokens - s.cached_tokens} new + {s.cached_tokens} cached")
+    note = {Finish.INTERRUPTED: "interrupted", Finish.LENGTH: "cut at --max-tokens", Finish.CONTEXT: "context full"}.get(turn.finish)
     if note:
         parts.append(note)
     return parts
@@ -216,14 +178,13 @@ def _panel(session) -> Panel:
 
 def _memory_line(session) -> str:
     """The memory plan the pair was loaded with: what it needs against what is free."""
-    from edgespec.machine import memory
-
+    from edgespec.machine import estimate
     p = session.target.plan
     if p is None:
         return "not planned"
-    line = f"{memory.fmt_bytes(p.ram)} RAM, KV cache {p.type_k}"
-    line += f" + {memory.fmt_bytes(p.vram)} GPU" if p.vram else ""
-    return line + f", {memory.fmt_bytes(p.system.available)} available"
+    line = f"{estimate.fmt_bytes(p.ram)} RAM, KV cache {p.type_k}"
+    line += f" + {estimate.fmt_bytes(p.vram)} GPU" if p.vram else ""
+    return line + f", {estimate.fmt_bytes(p.system.available)} available"
 
 
 def _clip(s: str, n: int) -> str:

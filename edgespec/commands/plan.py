@@ -4,58 +4,43 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgespec.commands.models import CacheDirOpt, use_cache_dir
-from edgespec.commands.options import AmxOpt, DraftOpt, PairOpt, TargetOpt, err
-from edgespec.errors import EdgespecError, UsageError
+from edgespec.commands.options import MODEL_NAMES, PLANNING, err, takes
+from edgespec.errors import EdgespecError
 
 
+@takes(MODEL_NAMES, PLANNING)
 def plan(
-    pair: PairOpt = None,
-    target: TargetOpt = None,
-    draft: DraftOpt = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", help="Context size in tokens (default: the largest up to 8192 that fits).", min=16, show_default=False)] = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", help="RAM for the whole process, e.g. 6GB, 6144MiB or 75% (default: available RAM minus a margin).", show_default=False)] = None,
-    gpu_budget: Annotated[Optional[str], typer.Option("--gpu-budget", help="GPU memory to use, e.g. 7.5GB (default: free GPU memory minus a margin).", show_default=False)] = None,
-    kv_type: Annotated[Optional[str], typer.Option("--kv-type", help="KV cache type: f16, q8_0 or q4_0 (default: f16 unless it does not fit).", show_default=False)] = None,
-    n_gpu_layers: Annotated[Optional[int], typer.Option("--n-gpu-layers", help="Target layers on the GPU (-1: all) (default: chosen).", show_default=False)] = None,
-    draft_gpu_layers: Annotated[Optional[int], typer.Option("--draft-gpu-layers", help="Draft layers on the GPU (-1: all) (default: chosen).", show_default=False)] = None,
-    mlock: Annotated[bool, typer.Option("--mlock", help="Lock the weights in RAM (if the memlock limit allows).")] = False,
-    amx: AmxOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
-    cache_dir: CacheDirOpt = None,
+    *, models, load,
 ) -> None:
     """Plan memory for a target/draft pair: context size, KV cache type, GPU layers, mmap/mlock.
 
     Reads only the GGUF headers; nothing is loaded. Fails with one line saying what would fit when
     nothing does.
     """
-    from edgespec.machine import cpu_paths, memory
-    from edgespec.models import registry
+    from edgespec.machine import cpu_paths, estimate, planner, system
+    from edgespec.session.loading import memory_budget
 
-    use_cache_dir(cache_dir)
-    if kv_type is not None and kv_type not in memory.KV_TYPES:
-        raise UsageError(f"unknown --kv-type {kv_type!r}", f"use one of {', '.join(memory.KV_TYPES)}")
-    reg = registry.load_registry()
-    models = registry.resolve(reg, pair, target, draft)
-    if models.missing:
-        names = " ".join(e.name for e in models.missing)
-        raise EdgespecError(f"not downloaded yet: {', '.join(e.name for e in models.missing)} (the plan reads their GGUF headers)", f"run `edgespec models pull {names}`")
-    system = memory.system_memory()
-    ram_budget = memory.parse_size(budget, total=system.total) if budget else None
-    vram = sum(g.total for g in system.gpus) or None
-    vram_budget = memory.parse_size(gpu_budget, total=vram) if gpu_budget else None
-    p = memory.plan(
-        models.target, models.draft, n_ctx=ctx, budget=ram_budget, vram_budget=vram_budget, kv_type=kv_type,
-        n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers, use_mlock=mlock or None,
-        k=models.k if models.k is not None else 4, system=system,
+    r = models.resolved
+    if r.missing:
+        names = " ".join(e.name for e in r.missing)
+        raise EdgespecError(f"not downloaded yet: {', '.join(e.name for e in r.missing)} (the plan reads their GGUF headers)",
+                            f"run `edgespec models pull {names}`")
+    machine = system.system_memory()
+    vram = sum(g.total for g in machine.gpus) or None
+    p = planner.plan(
+        r.target, r.draft, n_ctx=load.n_ctx, budget=memory_budget(load), kv_type=load.kv_type,
+        vram_budget=estimate.parse_size(load.gpu_budget, total=vram) if load.gpu_budget else None,
+        n_gpu_layers=load.n_gpu_layers, draft_gpu_layers=load.draft_gpu_layers, use_mlock=load.use_mlock,
+        k=r.k if r.k is not None else 4, system=machine,
     )
-    decision = cpu_paths.decide(amx)
+    decision = cpu_paths.decide(load.amx)
     if decision.notice():
         err.print(f"note: {escape(decision.notice())}", soft_wrap=True)
     if as_json:
@@ -67,7 +52,7 @@ def plan(
 def print_plan(p, console: Console, cpu_line: str | None = None) -> None:
     from rich.table import Table
 
-    from edgespec.machine.memory import fmt_bytes
+    from edgespec.machine.estimate import fmt_bytes
 
     s = p.system
     gpus = ", ".join(f"{g.name} {fmt_bytes(g.free)} free of {fmt_bytes(g.total)}{' (unified)' if g.unified else ''}" for g in s.gpus) or "none"

@@ -17,6 +17,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from edgespec.core import verify
+from edgespec.core.kinds import Drafter as DrafterName
 from edgespec.core.prefix import common_prefix
 from edgespec.core.verify import SamplingParams
 
@@ -31,7 +32,7 @@ class Draft:
 
 
 class Drafter(Protocol):
-    name: str
+    name: DrafterName
 
     def propose(self, history: list[int], k: int, sp: SamplingParams, rng, q: np.ndarray, keep_going: KeepGoing) -> Draft: ...
 
@@ -41,7 +42,7 @@ class Drafter(Protocol):
 class ModelDrafter:
     """Proposes with a draft model whose KV cache follows the accepted history."""
 
-    name = "model"
+    name = DrafterName.MODEL
 
     def __init__(self, model, suppress: np.ndarray | None = None, target_vocab: int | None = None):
         self.model = model
@@ -101,7 +102,7 @@ class NgramDrafter:
     learns per position how that maps to acceptance.
     """
 
-    name = "ngram"
+    name = DrafterName.NGRAM
 
     def __init__(self, min_match: int = 2, max_match: int = 64):
         self.min_match = min_match

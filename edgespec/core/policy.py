@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-MODES = ("auto", "model", "ngram", "none")
+from edgespec.core.kinds import Drafter, Mode
 MODEL_EDGES = (0.0, 0.3, 0.5, 0.7, 0.85, 0.95)  # the draft model's own probability of its token
 MODEL_PRIOR = (0.2, 0.4, 0.6, 0.75, 0.85, 0.92)  # a calibrated draft is accepted about that often
 NGRAM_EDGES = (0, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -115,25 +115,39 @@ def expected_tokens(accept: Sequence[float]) -> float:
     return total
 
 
+def speedup(costs: Costs, k: int, accept: float, per_token: float) -> float:
+    """Predicted speed relative to plain decoding for k drafts at a per-token acceptance rate."""
+    return expected_tokens([accept] * k) / (k * per_token + costs.verify_cost(k + 1)) * costs.verify_cost(1)
+
+
+def break_even(costs: Costs, per_token: float, k_max: int) -> float | None:
+    """The lowest per-token acceptance at which some k <= k_max beats plain decoding (None: none does)."""
+    for a100 in range(0, 101):
+        a = a100 / 100
+        if any(speedup(costs, k, a, per_token) > 1.0 for k in range(1, k_max + 1)):
+            return a
+    return None
+
+
 @dataclass
 class Choice:
-    drafter: str  # "model", "ngram" or "none"
+    drafter: Drafter
     k: int
 
 
 class Controller:
     """Chooses drafter and k per step; learns acceptance and costs from the steps it sees.
 
-    mode: auto (every drafter and plain compete), model, ngram, none. k: a fixed draft length
-    (for comparisons) or None to let the cost model choose up to k_max.
+    mode: auto (every drafter and plain decoding compete), model, ngram or plain. k: a fixed draft
+    length (for comparisons) or None to let the cost model choose up to k_max.
     """
 
-    def __init__(self, costs: Costs, *, mode: str = "auto", k: int | None = None, k_max: int = 16,
+    def __init__(self, costs: Costs, *, mode: Mode | str = Mode.AUTO, k: int | None = None, k_max: int = 16,
                  has_model: bool = True, margin: float = 0.03):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.costs = costs
-        self.mode = mode
+        self.mode = Mode.parse(mode)
+        if k is not None and k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
         self.k_fixed = k
         self.k_max = k_max
         self.has_model = has_model
@@ -162,56 +176,79 @@ class Controller:
         self.probe_every = 16
         self.since_plain = 0
 
+    @classmethod
+    def fixed(cls, k: int, *, has_model: bool) -> "Controller":
+        """The draft model at a fixed k (k = 0, or no draft model: plain decoding); no costs needed."""
+        mode = Mode.MODEL if has_model and k > 0 else Mode.PLAIN
+        return cls(Costs({1: 1.0}), mode=mode, k=k, k_max=max(k, 1), has_model=has_model)
+
+    @property
+    def k_cap(self) -> int:
+        """The longest draft this controller can ask for."""
+        return self.k_max if self.k_fixed is None else self.k_fixed
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether it chooses k from measured costs (and so refreshes them worth saving)."""
+        return self.k_fixed is None and self.mode is not Mode.PLAIN
+
+    def uses(self, drafter: Drafter) -> bool:
+        """Whether this drafter may run at all in this mode (the loop skips what cannot be chosen)."""
+        if drafter == Drafter.MODEL and not self.has_model:
+            return False
+        return self.mode.allows(drafter)
+
+    def disable(self, drafter: Drafter) -> None:
+        """Stop offering a drafter for the rest of the generation (the model cannot serve it)."""
+        if drafter == Drafter.MODEL:
+            self.has_model = False
+
     # ------------------------------------------------------------------ choosing
     def might_use_model(self) -> bool:
         """Whether the draft model can be chosen at all (else its prefill is wasted work)."""
-        if not self.has_model or self.mode not in ("auto", "model") or self.k_fixed == 0:
+        if not self.uses(Drafter.MODEL) or self.k_fixed == 0:
             return False
-        if self.mode == "model" or self.k_fixed is not None:
+        if self.mode is Mode.MODEL or self.k_fixed is not None:
             return True
         # auto: worth preparing only if it could beat plain decoding at the acceptance it has shown
-        return self.costs.draft_token is not None and self._best_k("model", [self.model_rate] * self.k_max, self.costs.draft_token)[0] \
+        return self.costs.draft_token is not None and self._best_k(Drafter.MODEL, [self.model_rate] * self.k_max, self.costs.draft_token)[0] \
             >= (1 + self.margin) / self.costs.verify_cost(1)
 
     def choose(self, ngram_len: int = 0, ngram_conf: float = 0.0, k_limit: int | None = None) -> Choice:
         """ngram_len: tokens the n-gram lookup could propose now (0: no match); k_limit: room left."""
         k_max = min(self.k_max, k_limit) if k_limit is not None else self.k_max
-        if self.mode == "none" or k_max <= 0:
-            return Choice("none", 0)
+        none = Choice(Drafter.NONE, 0)
+        if self.mode is Mode.PLAIN or k_max <= 0:
+            return none
         if self.k_fixed is not None:
             k = min(self.k_fixed, k_max)
             if k == 0:
-                return Choice("none", 0)
-            if self.mode == "model" and self.has_model:
-                return Choice("model", k)
-            if self.mode == "ngram" and ngram_len:
-                return Choice("ngram", min(k, ngram_len))
-            if self.mode == "auto":
-                if self.has_model:
-                    return Choice("model", k)
-                if ngram_len:
-                    return Choice("ngram", min(k, ngram_len))
-            return Choice("none", 0)
+                return none
+            if self.uses(Drafter.MODEL):
+                return Choice(Drafter.MODEL, k)
+            if self.uses(Drafter.NGRAM) and ngram_len:
+                return Choice(Drafter.NGRAM, min(k, ngram_len))
+            return none
 
         plain = 1.0 / self.costs.verify_cost(1)
         options: list[tuple[float, Choice]] = []
-        if self.mode in ("auto", "model") and self.has_model and self.costs.draft_token is not None:
-            options.append(self._best_k("model", [self.model_rate] * k_max, self.costs.draft_token))
-        if self.mode in ("auto", "ngram") and ngram_len:
+        if self.uses(Drafter.MODEL) and self.costs.draft_token is not None:
+            options.append(self._best_k(Drafter.MODEL, [self.model_rate] * k_max, self.costs.draft_token))
+        if self.uses(Drafter.NGRAM) and ngram_len:
             # Per position: the i-th drafted token extends the match to ngram_conf + i tokens.
             n = min(ngram_len, k_max)
-            options.append(self._best_k("ngram", [self.ngram_acc.cautious(ngram_conf + i) for i in range(n)], 0.0))
+            options.append(self._best_k(Drafter.NGRAM, [self.ngram_acc.cautious(ngram_conf + i) for i in range(n)], 0.0))
         if not options:
-            return Choice("none", 0)
-        if self.mode == "auto" and self.since_plain >= self.probe_every:
-            return Choice("none", 0)
+            return none
+        if self.mode is Mode.AUTO and self.since_plain >= self.probe_every:
+            return none
         rate, choice = max(options, key=lambda o: o[0])
-        if self.mode == "auto" and rate < plain * (1 + self.margin):
-            return Choice("none", 0)
+        if self.mode is Mode.AUTO and rate < plain * (1 + self.margin):
+            return none
         return choice
 
-    def _best_k(self, drafter: str, accept: list[float], per_token: float) -> tuple[float, Choice]:
-        fixed = self.costs.ngram_lookup if drafter == "ngram" else 0.0
+    def _best_k(self, drafter: Drafter, accept: list[float], per_token: float) -> tuple[float, Choice]:
+        fixed = self.costs.ngram_lookup if drafter == Drafter.NGRAM else 0.0
         best = (0.0, Choice(drafter, 1))
         for k in range(1, len(accept) + 1):
             rate = expected_tokens(accept[:k]) / (fixed + k * per_token + self.costs.verify_cost(k + 1))
@@ -219,13 +256,13 @@ class Controller:
                 best = (rate, Choice(drafter, k))
         return best
 
-    def keep_going(self, drafter: str):
+    def keep_going(self, drafter: Drafter):
         """For the model drafter: draft one more token only while its expected gain beats its cost.
 
         Gain: P(every token so far accepted) x P(next accepted), in tokens. Cost: one more draft
         step plus one more verified position, in the tokens plain decoding makes in that time.
         """
-        if drafter != "model" or self.k_fixed is not None:
+        if drafter != Drafter.MODEL or self.k_fixed is not None:
             return lambda conf: True
         per_plain = self.costs.verify_cost(1)
 
@@ -240,11 +277,11 @@ class Controller:
         return more
 
     # ------------------------------------------------------------------ learning
-    def update(self, drafter: str, confidence: Sequence[float], accepted: int, t_draft: float, t_verify: float) -> None:
+    def update(self, drafter: Drafter, confidence: Sequence[float], accepted: int, t_draft: float, t_verify: float) -> None:
         n = len(confidence)
         self.since_plain = 0 if n == 0 else self.since_plain + 1
         self.costs.observe_verify(n + 1, t_verify)
-        if drafter == "model" and n:
+        if drafter == Drafter.MODEL and n:
             self.costs.observe_draft(t_draft / n)
             self.model_acc.update(confidence, accepted)
             seen = min(n, accepted + 1)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgespec.errors import IncompatibleModelsError, ModelLoadError
+from edgespec.errors import ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -221,6 +221,10 @@ class GGUFInfo:
         return int(v) if v else None
 
     # ------------------------------------------------------------- tensors
+    def token_text(self, i: int) -> bytes | None:
+        """A token's stored text (None when the header was read without its token list)."""
+        return self.tokens[i] if self.tokens is not None and i < len(self.tokens) else None
+
     def tensor(self, name: str) -> TensorInfo | None:
         for t in self.tensors:
             if t.name == name:
@@ -278,13 +282,27 @@ class GGUFInfo:
             )
 
 
-def read(path: str | os.PathLike, *, tokens: bool = False) -> GGUFInfo:
-    """Parse the header of a GGUF file. With tokens=True the vocabulary's token texts are kept."""
+def check_file(path: str | os.PathLike) -> Path:
+    """Fail early, with one line, unless `path` is a readable file that starts like a GGUF."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise GGUFError(f"model file not found: {p}", "check the path")
+        raise GGUFError(f"model file not found: {p}", "check the path, or use --pair to pick a registered model")
     if p.is_dir():
         raise GGUFError(f"{p} is a directory, not a .gguf model file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise GGUFError(f"cannot read {p}: {e.strerror or e}") from e
+    if head[:4] != GGUF_MAGIC:
+        what = f"it starts with {head[:4]!r}, expected b'GGUF'" if len(head) >= 4 else f"{len(head)} bytes"
+        raise GGUFError(f"{p} is not a GGUF file ({what})", "pass a llama.cpp .gguf model")
+    return p
+
+
+def read(path: str | os.PathLike, *, tokens: bool = False) -> GGUFInfo:
+    """Parse the header of a GGUF file. With tokens=True the vocabulary's token texts are kept."""
+    p = check_file(path)
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -403,34 +421,3 @@ def _value(mm, off: int, vtype: int) -> tuple[Any, int]:
         fmt = _SCALARS[vtype]
         return struct.unpack_from(fmt, mm, off)[0], off + struct.calcsize(fmt)
     raise ValueError(f"unknown GGUF value type {vtype}")
-
-
-# ------------------------------------------------------------------ pairing
-def pairing_problem(target: GGUFInfo, draft: GGUFInfo) -> str | None:
-    """Why `draft` cannot propose tokens for `target` (None if it can), from the metadata alone.
-
-    The same rules as edgespec.llama.check_compatible, which compares loaded models: tokenizer type,
-    vocabulary size within 128 tokens, BOS/EOS ids, and the token texts from id 5 on.
-    """
-    if target.tokenizer_model != draft.tokenizer_model:
-        return f"tokenizer types differ: target {target.tokenizer_model!r}, draft {draft.tokenizer_model!r}"
-    nt, nd = target.vocab_size, draft.vocab_size
-    if abs(nt - nd) > 128:
-        return f"vocabulary sizes differ by more than 128: target {nt}, draft {nd}"
-    if target.bos != draft.bos or target.eos != draft.eos:
-        return f"special tokens differ: target BOS/EOS {target.bos}/{target.eos}, draft {draft.bos}/{draft.eos}"
-    if target.tokens is not None and draft.tokens is not None:
-        for i in range(5, min(len(target.tokens), len(draft.tokens))):
-            a, b = target.tokens[i], draft.tokens[i]
-            if a != b:
-                return (
-                    f"tokenizers differ at token {i}: target {a.decode('utf-8', 'replace')!r}, "
-                    f"draft {b.decode('utf-8', 'replace')!r}"
-                )
-    return None
-
-
-def check_pairing(target: GGUFInfo, draft: GGUFInfo) -> None:
-    problem = pairing_problem(target, draft)
-    if problem:
-        raise IncompatibleModelsError(problem, "pick a draft model from the same family as the target")

@@ -11,19 +11,17 @@ import ctypes
 import functools
 import os
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from edgespec.machine import cpu_paths
-from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError, RollbackError
 from edgespec.core.prefix import common_prefix
+from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError, RollbackError
+from edgespec.llama.gguf_read import check_file as check_gguf
+from edgespec.machine import cpu_paths
 
 import llama_cpp as lc  # noqa: E402  (after our imports so its logger set-up is replaced below)
 
-_GGUF_MAGIC = b"GGUF"
 
 # llama.cpp writes a lot to stderr while loading. Keep the recent lines so a failure can quote the
 # reason, and print them only when asked (EDGESPEC_DEBUG=1).
@@ -62,26 +60,6 @@ def _last_llama_error() -> str | None:
     return None
 
 
-def check_gguf(path: str | os.PathLike) -> Path:
-    """Fail early, with one line, if `path` is not a readable GGUF file."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelLoadError(f"model file not found: {p}", "check the path, or use --pair to pick a registered model")
-    if p.is_dir():
-        raise ModelLoadError(f"{p} is a directory, not a .gguf model file")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {p}: {e.strerror}") from e
-    if head[:4] != _GGUF_MAGIC:
-        raise ModelLoadError(
-            f"{p} is not a GGUF file (it starts with {head[:4]!r}, expected b'GGUF')",
-            "pass a llama.cpp .gguf model",
-        )
-    return p
-
-
 def default_threads() -> int:
     """Math threads: all cores on small machines, half (the physical ones, usually) on larger ones."""
     try:
@@ -89,16 +67,6 @@ def default_threads() -> int:
     except AttributeError:  # macOS, Windows
         n = os.cpu_count() or 1
     return n if n <= 4 else max(4, n // 2)
-
-
-@dataclass(frozen=True)
-class VocabInfo:
-    """What two models must share to be paired."""
-
-    vocab_type: int
-    n_tokens: int
-    bos: int
-    eos: int
 
 
 class Model:
@@ -338,10 +306,22 @@ class Model:
         self.rollback(0)
 
     # ---------------------------------------------------------------- tokenizer
+    # What pairing compares (edgespec.llama.pairing), the same names as a GGUF header's.
     @property
-    def vocab(self) -> VocabInfo:
-        v = self.vocab_ptr
-        return VocabInfo(int(lc.llama_vocab_type(v)), self.n_vocab, int(lc.llama_vocab_bos(v)), int(lc.llama_vocab_eos(v)))
+    def tokenizer_model(self) -> str | None:
+        return self.metadata("tokenizer.ggml.model")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_vocab
+
+    @property
+    def bos(self) -> int:
+        return int(lc.llama_vocab_bos(self.vocab_ptr))
+
+    @property
+    def eos(self) -> int:
+        return int(lc.llama_vocab_eos(self.vocab_ptr))
 
     def token_text(self, token: int) -> bytes:
         """The vocabulary's stored text for a token id (as in the GGUF)."""
@@ -388,16 +368,15 @@ class Model:
         raw = lc.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8") if raw else None
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render messages with the GGUF's own Jinja chat template."""
-        template = self.chat_template()
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, template: str | None = None) -> str:
+        """Render messages with a Jinja chat template: the GGUF's own unless one is given."""
+        template = template or self.chat_template()
         if template is None:
             raise EdgespecError(f"{self.path.name} has no chat template", "use --raw to send the prompt as plain text")
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        v = self.vocab_ptr
-        bos = self.token_text(lc.llama_vocab_bos(v)).decode("utf-8", "replace") if lc.llama_vocab_bos(v) >= 0 else ""
-        eos = self.token_text(lc.llama_vocab_eos(v)).decode("utf-8", "replace") if lc.llama_vocab_eos(v) >= 0 else ""
+        bos = self.token_text(self.bos).decode("utf-8", "replace") if self.bos >= 0 else ""
+        eos = self.token_text(self.eos).decode("utf-8", "replace") if self.eos >= 0 else ""
         try:
             fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=add_generation_prompt)
             return fmt(messages=messages).prompt
@@ -406,7 +385,7 @@ class Model:
 
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokenize a rendered prompt: special tokens parsed, BOS added unless the text already has it."""
-        bos = int(lc.llama_vocab_bos(self.vocab_ptr))
+        bos = self.bos
         toks = self.tokenize(text, add_special=True, parse_special=True)
         if len(toks) >= 2 and toks[0] == bos and toks[1] == bos:
             toks = toks[1:]  # the template wrote BOS itself
@@ -432,29 +411,3 @@ class Model:
             size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
         ftype = parts[2] if len(parts) == 3 else ""
         return f"{parts[0]}, {size} parameters" + (f", {ftype}" if ftype else "")
-
-
-def check_compatible(target: Model, draft: Model) -> None:
-    """Raise IncompatibleModelsError unless draft proposes tokens in the target's vocabulary."""
-    from edgespec.errors import IncompatibleModelsError
-
-    t, d = target.vocab, draft.vocab
-    hint = "pick a draft model from the same family as the target"
-    if t.vocab_type != d.vocab_type:
-        raise IncompatibleModelsError(f"tokenizer types differ: target {t.vocab_type}, draft {d.vocab_type}", hint)
-    if abs(t.n_tokens - d.n_tokens) > 128:
-        raise IncompatibleModelsError(
-            f"vocabulary sizes differ by more than 128: target {t.n_tokens}, draft {d.n_tokens}", hint
-        )
-    if t.bos != d.bos or t.eos != d.eos:
-        raise IncompatibleModelsError(
-            f"special tokens differ: target BOS/EOS {t.bos}/{t.eos}, draft {d.bos}/{d.eos}", hint
-        )
-    for i in range(5, min(t.n_tokens, d.n_tokens)):
-        a, b = target.token_text(i), draft.token_text(i)
-        if a != b:
-            raise IncompatibleModelsError(
-                f"tokenizers differ at token {i}: target {a.decode('utf-8', 'replace')!r}, "
-                f"draft {b.decode('utf-8', 'replace')!r}",
-                hint,
-            )

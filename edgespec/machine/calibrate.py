@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespec.core.policy import MODEL_EDGES, MODEL_PRIOR, Acceptance, Costs, expected_tokens
-from edgespec.models.registry import cache_dir
+from edgespec.core.policy import MODEL_EDGES, MODEL_PRIOR, Acceptance, Costs
+from edgespec.models.cache import cache_dir
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
 _FILLER = (
@@ -164,17 +164,3 @@ def load_or_measure(target, draft, k_max: int = 16) -> tuple[Costs, bool]:
     costs = measure(target, draft, k_max)
     save(target, draft, costs)
     return costs, True
-
-
-def speedup(costs: Costs, k: int, accept: float, per_token: float) -> float:
-    """Predicted speed relative to plain decoding for k drafts at a per-token acceptance rate."""
-    return expected_tokens([accept] * k) / (k * per_token + costs.verify_cost(k + 1)) * costs.verify_cost(1)
-
-
-def break_even(costs: Costs, per_token: float, k_max: int) -> float | None:
-    """The lowest per-token acceptance at which some k <= k_max beats plain decoding (None: none does)."""
-    for a100 in range(0, 101):
-        a = a100 / 100
-        if any(speedup(costs, k, a, per_token) > 1.0 for k in range(1, k_max + 1)):
-            return a
-    return None

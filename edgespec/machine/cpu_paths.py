@@ -24,12 +24,13 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgespec.errors import UsageError
+from edgespec.machine.devices import cpu_features, extra_buffer_types
+from edgespec.machine.system import cpu_flags, cpu_model
 
 SETTINGS = ("auto", "on", "off")
 PROBE_TIMEOUT = 60.0  # seconds; the probe itself takes about one
@@ -67,76 +68,6 @@ class Decision:
     def as_dict(self) -> dict:
         return {"amx_available": self.available, "amx": self.use_amx, "setting": self.setting, "reason": self.reason,
                 "probe": self.probe}
-
-
-# ------------------------------------------------------------------------- llama.cpp's buffer types
-def _ggml():
-    import llama_cpp  # noqa: F401  (loads libllama and with it libggml)
-    from llama_cpp import llama_cpp as _lc
-    from llama_cpp._ctypes_extensions import load_shared_library
-
-    lib = load_shared_library("ggml", Path(_lc._base_path))
-    lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-    lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
-    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.ggml_backend_buft_name.restype = ctypes.c_char_p
-    lib.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
-    return lib
-
-
-_extra: dict[str, int] | None = None
-
-
-def extra_buffer_types() -> dict[str, int]:
-    """Name -> ggml_backend_buffer_type_t of the CPU device's extra buffer types, in llama.cpp's order
-    of preference (for example AMX, CPU_REPACK). {} where the build has none or the API is missing."""
-    global _extra
-    if _extra is not None:
-        return _extra
-    out: dict[str, int] = {}
-    try:
-        lib = _ggml()
-        dev = lib.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-        reg = lib.ggml_backend_dev_backend_reg(dev) if dev else None
-        fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts") if reg else None
-        if fn:
-            arr = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(fn)(dev)
-            i = 0
-            while arr and arr[i]:
-                out[(lib.ggml_backend_buft_name(arr[i]) or b"?").decode("utf-8", "replace")] = int(arr[i])
-                i += 1
-    except Exception:  # an older or unusual build: treat as having no extra buffer types
-        out = {}
-    _extra = out
-    return out
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Hardware", "cpu model") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -------------------------------------------------------------------------------------- the probe
@@ -208,7 +139,7 @@ def cache_key() -> str:
 
 
 def _cache_path() -> Path:
-    from edgespec.models.registry import cache_dir
+    from edgespec.models.cache import cache_dir
 
     return cache_dir() / "cpu_probe.json"
 
@@ -305,13 +236,12 @@ def repack_overrides(path: str | os.PathLike, n_gpu_layers: int = 0, has_gpu: bo
     Exact tensor names, grouped per name pattern: forcing the repack buffer on a tensor it does not
     support (the token embedding, a type without a repacked kernel here) crashes llama.cpp.
     """
-    from edgespec.llama import gguf_read as gguf_info
-    from edgespec.machine import memory
-
+    from edgespec.llama import gguf_read
+    from edgespec.machine import estimate
     buft = extra_buffer_types().get("CPU_REPACK")
-    info = gguf_info.read(path)
-    cpu = memory.cpu_features()
-    on_gpu, _ = memory.gpu_split(info, n_gpu_layers) if (n_gpu_layers and has_gpu) else ([False] * info.n_layer, False)
+    info = gguf_read.read(path)
+    cpu = cpu_features()
+    on_gpu, _ = estimate.gpu_split(info, n_gpu_layers) if (n_gpu_layers and has_gpu) else ([False] * info.n_layer, False)
     out = Overrides(matrices=sum(1 for t in info.tensors if len(t.shape) == 2))
     if not buft:
         return out

@@ -1,170 +1,42 @@
-"""A chat session: the conversation as messages and as the token ids the models have already seen.
-
-Each new turn appends only the tokens of the new user message, rendered by the model's own chat
-template, to the tokens of everything before it (prompts, generated replies, the end-of-turn markers
-the template adds). The engine's `advance_to` then finds all of that in the target's and the draft's
-KV caches and evaluates only what is new. The terminal around it lives in edgespec/commands/chat.py.
+"""A chat session: turns on a loaded pair (edgespec.session.conversation keeps their tokens), the slash
+commands, the counters behind the status line and /stats, save and load. The terminal around it
+lives in edgespec/commands/chat.py.
 """
 
 from __future__ import annotations
 
 import codecs
 import collections
-import dataclasses
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-from edgespec.session import runner
-from edgespec.core.engine import Stats, Step
-from edgespec.errors import ContextOverflowError, EdgespecError
-from edgespec.core.policy import MODES
+from edgespec.core.engine import Step
+from edgespec.core.kinds import Drafter, Finish, Mode, Phase
 from edgespec.core.prefix import common_prefix
+from edgespec.core.stats import Stats
+from edgespec.errors import ContextOverflowError, EdgespecError, UsageError
+from edgespec.session import runner
+from edgespec.session.conversation import Conversation, message
+from edgespec.session.options import K_LIMIT, GenOptions, sampling_params
+
 FORMAT = "edgespec-chat"
-K_LIMIT = 64
 
 HELP = """\
 /help             this list
 /reset            start a new conversation (keeps the system prompt)
 /system [TEXT]    show the system prompt, or set it ('/system -' removes it)
 /stats [json]     counters for the whole conversation
-/mode MODE        drafter: auto, model, ngram or none
+/mode MODE        drafter: auto, model, ngram or plain
 /k N|auto         tokens to draft per step, or let the controller choose
 /temp X           temperature; 0 is greedy
 /save FILE        write the conversation as JSON
 /load FILE        read a conversation written by /save
 /exit             quit (also Ctrl-D, or Ctrl-C at an empty prompt)
 A line ending in \\ continues on the next line; start a message with // to send a literal /."""
-
-
-def _chatml(messages: list[dict], add_generation_prompt: bool) -> str:
-    """ChatML, for models whose GGUF carries no chat template."""
-    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-
-def _word_start_mark(model) -> list[int]:
-    """Tokens a SentencePiece tokenizer puts before text it tokenizes on its own ([] for most BPE ones)."""
-    probe = model.tokenize("\n", add_special=False, parse_special=True)
-    return probe[:-1]
-
-
-def tokenize_continuation(model, text: str) -> list[int]:
-    """Tokens for text that continues a sequence: no BOS, special tokens parsed.
-
-    Some tokenizers (SentencePiece with a space prefix) put a word-start mark in front of text that
-    is tokenized on its own; it is not in the text, so it is taken out again when it is made of
-    tokens of its own.
-    """
-    if not text:
-        return []
-    toks = model.tokenize(text, add_special=False, parse_special=True)
-    mark = _word_start_mark(model)
-    if mark and toks[: len(mark)] == mark and not text.startswith((" ", "\u2581")):
-        return toks[len(mark):]
-    return toks
-
-
-class Conversation:
-    """Messages (alternating user/assistant, the system prompt apart) and their token ids.
-
-    `tokens` is what the models have seen for `messages`, each reply as it was generated; it is None
-    when it must be rebuilt from a full render (after a change the template cannot append to).
-    """
-
-    def __init__(self, model, system: str | None = None):
-        self.model = model
-        self.system = system or None
-        self.messages: list[dict] = []
-        self.tokens: list[int] | None = []
-        self._has_template = model.chat_template() is not None
-
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        full = ([{"role": "system", "content": self.system}] if self.system else []) + messages
-        if not self._has_template:
-            return _chatml(full, add_generation_prompt)
-        return self.model.apply_chat_template(full, add_generation_prompt=add_generation_prompt)
-
-    @property
-    def n_turns(self) -> int:
-        return len(self.messages) // 2
-
-    def prompt_for(self, text: str) -> list[int]:
-        """The tokens to generate the reply to user message `text` from.
-
-        The template renders the conversation with and without the new message; when the longer
-        text extends the shorter one, only the difference is tokenized and appended. Templates that
-        rewrite earlier turns fall back to a full render (advance_to still reuses the common prefix).
-        """
-        after = self.render(self.messages + [_msg("user", text)], True)
-        if self.tokens:
-            before = self.render(self.messages, False)
-            if after.startswith(before):
-                return self.tokens + tokenize_continuation(self.model, after[len(before):])
-        return self.model.tokenize_prompt(after)
-
-    def bare_prompt(self, text: str) -> list[int]:
-        """The prompt for `text` with no earlier turns (the least any prompt for it can be)."""
-        return self.model.tokenize_prompt(self.render([_msg("user", text)], True))
-
-    def add_reply(self, text: str, prompt: Sequence[int], reply_text: str, reply_tokens: Sequence[int]) -> None:
-        """Record a finished (or interrupted) turn: the reply as shown, and the tokens to keep.
-
-        The kept tokens are the prompt, the generated tokens and the end-of-turn text the template
-        puts after the reply (minus an end-of-generation token the model already produced).
-        """
-        user, reply = _msg("user", text), _msg("assistant", reply_text)
-        before = self.render(self.messages + [user], True)
-        after = self.render(self.messages + [user, reply], False)
-        self.messages += [user, reply]
-        head = before + reply_text
-        if not after.startswith(head):  # the template rewrites the reply (trims it, say): re-render next time
-            self.tokens = None
-            return
-        gen = _shown_tokens(self.model, reply_tokens, reply_text)
-        tail = after[len(head):]
-        if gen and self.model.is_eog(gen[-1]):
-            mark = self.model.token_text(gen[-1]).decode("utf-8", "replace")
-            if mark and tail.startswith(mark):
-                tail = tail[len(mark):]  # the model wrote the template's end-of-turn token itself
-            else:
-                gen.pop()
-        self.tokens = list(prompt) + gen + tokenize_continuation(self.model, tail)
-
-    def drop_oldest_turn(self) -> bool:
-        """Forget the oldest user/assistant exchange (the system prompt stays). False if none is left."""
-        if len(self.messages) < 2:
-            return False
-        del self.messages[:2]
-        self.tokens = None
-        return True
-
-    def reset(self) -> None:
-        self.messages, self.tokens = [], []
-
-    def set_system(self, text: str | None) -> None:
-        self.system = text or None
-        self.tokens = None if self.messages else []
-
-
-def _shown_tokens(model, tokens: Sequence[int], text: str) -> list[int]:
-    """The generated tokens that make up `text`, the part of the reply that was shown.
-
-    Usually all of them. Ctrl-C can leave a few whose bytes were held back (half a character),
-    and a stop string cuts the text inside a token: then the longest prefix that matches, or failing
-    that the text tokenized anew (the cache is then re-evaluated from where they differ).
-    """
-    for n in range(len(tokens), max(len(tokens) - 8, 0) - 1, -1):
-        if model.detokenize(tokens[:n]) == text:
-            return list(tokens[:n])
-    return tokenize_continuation(model, text)
-
-
-def _msg(role: str, content: str) -> dict:
-    return {"role": role, "content": content}
 
 
 class _DraftChars:
@@ -187,67 +59,30 @@ class _DraftChars:
         return [self._flags.popleft() if self._flags else False for _ in range(n)]
 
 
-class _StepTap(Stats):
-    """The reply's Stats, also handing each Step to a callback as runner.stream records it."""
-
-    def __init__(self, on_step: Callable[[Step], None]):
-        super().__init__()
-        self._on_step = on_step
-
-    def add(self, s: Step) -> None:
-        super().add(s)
-        self._on_step(s)
-
-
 @dataclass
 class Turn:
-    """What one reply did: the counters behind the status line and /stats."""
+    """What one reply did: its statistics, and what only a chat turn has."""
 
-    prompt_tokens: int  # the whole prompt handed to the engine
     dropped: int = 0  # oldest turns dropped to fit the context first
     stats: Stats = field(default_factory=Stats)
     draft_evaluated: Optional[int] = None  # None: the draft model was not used for this prompt
     draft_reused: Optional[int] = None
-    finish: Optional[str] = None
+    finish: Optional[Finish] = None
     warnings: list = field(default_factory=list)
 
     @property
     def drafters(self) -> dict:
         """Drafter name -> steps that drafted with it."""
-        steps = getattr(self.stats, "drafter_steps", {})
-        return {name: n for name, n in steps.items() if name != "none"}
-
-    @property
-    def drafter(self) -> str:
-        d = self.drafters
-        return max(d, key=d.get) if d else "none"
+        return {name: n for name, n in self.stats.drafter_steps.items() if name != Drafter.NONE}
 
     @property
     def max_k(self) -> int:
         """Most tokens drafted in one step."""
-        return max(getattr(self.stats, "k_hist", {}) or [0])
+        return max(self.stats.k_hist or [0])
 
     def as_dict(self) -> dict:
-        s = self.stats
-        return {
-            "prompt_tokens": self.prompt_tokens, "evaluated": s.prompt_tokens, "reused": s.reused_tokens,
-            "draft_evaluated": self.draft_evaluated, "draft_reused": self.draft_reused,
-            "generated": s.generated, "drafted": s.drafted, "accepted": s.accepted,
-            "acceptance_rate": round(s.acceptance_rate, 4), "mean_accepted_length": round(s.mean_accepted, 3),
-            "tokens_per_s": round(s.tokens_per_s, 2), "drafters": self.drafters, "max_k": self.max_k,
-            "dropped_turns": self.dropped, "finish": self.finish,
-        }
-
-
-def _add_stats(total: Stats, s: Stats) -> None:
-    """total += s, field by field (histograms merged key by key)."""
-    for f in dataclasses.fields(Stats):
-        a, b = getattr(total, f.name), getattr(s, f.name)
-        if isinstance(a, dict):
-            for k, v in b.items():
-                a[k] = a.get(k, 0) + v
-        else:
-            setattr(total, f.name, a + b)
+        return {**self.stats.as_dict(), "draft_evaluated": self.draft_evaluated, "draft_reused": self.draft_reused,
+                "drafters": self.drafters, "max_k": self.max_k, "dropped_turns": self.dropped, "finish": self.finish}
 
 
 @dataclass
@@ -263,7 +98,7 @@ class Outcome:
 class Session:
     """A conversation with a loaded target (and draft) model: turns, slash commands, save/load."""
 
-    def __init__(self, target, draft, gen: runner.GenOptions, system: str | None = None, on_calibrate: Callable[[], None] | None = None):
+    def __init__(self, target, draft, gen: GenOptions, system: str | None = None, on_calibrate: Callable[[], None] | None = None):
         self.target, self.draft, self.gen = target, draft, gen
         self.conv = Conversation(target, system)
         self.turns: list[Turn] = []
@@ -323,12 +158,12 @@ class Session:
         prompt, dropped = self._fit(text)
         if dropped and on_notice:
             on_notice(f"dropped the oldest {_plural(dropped, 'turn')} to fit the {self.n_ctx}-token context")
-        turn = Turn(prompt_tokens=len(prompt), dropped=dropped)
+        turn = Turn(dropped=dropped)
         chars = _DraftChars(self.target.piece)
         draft_before = list(self.draft.tokens) if self.draft is not None else None
 
         def on_step(step: Step) -> None:
-            if step.phase == "prefill":
+            if step.phase == Phase.PREFILL:
                 # The draft's cache now holds the prompt (less its last token) if the engine prefilled it.
                 if self.draft is not None and self.draft.tokens == list(prompt[:-1]):
                     turn.draft_reused = common_prefix(draft_before, prompt[:-1])
@@ -336,23 +171,23 @@ class Session:
                 return
             chars.add(step)
 
-        reply = runner.Reply(stats=_StepTap(on_step))
-        pieces = runner.stream(self.target, self.draft, prompt, self.gen, reply, controller)
+        reply = runner.Reply()
+        pieces = runner.stream(self.target, self.draft, prompt, self.gen, reply, controller, on_step=on_step)
         try:
             for piece in pieces:
                 if on_piece is not None:
                     on_piece(piece, chars.take(len(piece)))
         except KeyboardInterrupt:
-            reply.finish = "interrupted"
+            reply.finish = Finish.INTERRUPTED
         except BaseException:
-            reply.finish = reply.finish or "error"
+            reply.finish = reply.finish or Finish.ERROR
             raise
         finally:
             pieces.close()  # fills reply.text even when we stopped reading early
             turn.stats, turn.finish, turn.warnings = reply.stats, reply.finish, list(reply.warnings)
             self.conv.add_reply(text, prompt, reply.text, reply.tokens)
             self.turns.append(turn)
-            _add_stats(self.total, reply.stats)
+            self.total.merge(reply.stats)
         return turn
 
     # --------------------------------------------------------------- commands
@@ -385,38 +220,38 @@ class Session:
         self.conv.set_system(None if arg == "-" else arg)
         return Outcome("system prompt removed" if arg == "-" else "system prompt set")
 
+    def _set(self, usage: str, **changes) -> Outcome | None:
+        """Change generation settings (checked by GenOptions); an Outcome when they are refused."""
+        try:
+            gen = self.gen.replace(**changes)
+            gen.check_draft(self.draft is not None)
+        except UsageError as e:
+            return Outcome(f"{usage} ({e.message})", error=True)
+        self.gen, self._controller = gen, None  # a new controller for new settings
+        return None
+
     def _cmd_mode(self, arg: str) -> Outcome:
-        mode = arg.lower()
-        if mode not in MODES:
-            return Outcome(f"/mode takes one of {', '.join(MODES)} (now: {self.gen.mode})", error=True)
-        if mode == "model" and self.draft is None:
-            return Outcome("no draft model is loaded (start with --draft or --pair)", error=True)
-        self.gen.mode, self._controller = mode, None
-        return Outcome(f"mode {mode}")
+        refused = self._set(f"/mode takes one of {', '.join(m.value for m in Mode)} (now: {self.gen.mode})", mode=arg)
+        return refused or Outcome(f"mode {self.gen.mode}")
 
     def _cmd_k(self, arg: str) -> Outcome:
+        usage = f"/k takes a number from 0 to {K_LIMIT}, or auto (now: {self.k_text()})"
         if arg.lower() == "auto":
-            self.gen.k, self._controller = None, None
-            return Outcome(f"k auto (up to {self.gen.k_max})")
+            return self._set(usage, k=None) or Outcome(f"k auto (up to {self.gen.k_max})")
         try:
             k = int(arg)
         except ValueError:
-            k = -1
-        if not 0 <= k <= K_LIMIT:
-            return Outcome(f"/k takes a number from 0 to {K_LIMIT}, or auto (now: {self.k_text()})", error=True)
-        self.gen.k, self._controller = k, None
-        self.gen.k_max = max(self.gen.k_max, k)
-        return Outcome(f"k {k}")
+            return Outcome(usage, error=True)
+        return self._set(usage, k=k) or Outcome(f"k {k}")
 
     def _cmd_temp(self, arg: str) -> Outcome:
+        usage = f"/temp takes a number >= 0 (now: {self.gen.sampling.temperature:g})"
         try:
             t = float(arg)
-        except ValueError:
-            t = -1.0
-        if not 0.0 <= t <= 100.0:
-            return Outcome(f"/temp takes a number >= 0 (now: {self.gen.sampling.temperature:g})", error=True)
-        self.gen.sampling = dataclasses.replace(self.gen.sampling, temperature=t)
-        return Outcome(f"temperature {t:g}" + (" (greedy)" if t == 0 else ""))
+            sampling = sampling_params(t, self.gen.sampling.top_k, self.gen.sampling.top_p, self.gen.sampling.min_p)
+        except (ValueError, UsageError):
+            return Outcome(usage, error=True)
+        return self._set(usage, sampling=sampling) or Outcome(f"temperature {t:g}" + (" (greedy)" if t == 0 else ""))
 
     def _cmd_stats(self, arg: str) -> Outcome:
         if arg == "json":
@@ -428,7 +263,7 @@ class Session:
         lines = [
             f"conversation: {_plural(self.conv.n_turns, 'turn')}, {used}/{self.n_ctx} context tokens in use",
             f"generated {s.generated} tokens in {s.t_decode:.2f} s ({s.tokens_per_s:.1f} tok/s); "
-            f"prompts: {s.prompt_tokens} tokens evaluated, {s.reused_tokens} reused from the cache",
+            f"prompts: {s.prompt_tokens - s.cached_tokens} tokens evaluated, {s.cached_tokens} reused from the cache",
         ]
         steps = collections.Counter()
         for t in self.turns:
@@ -523,7 +358,7 @@ def parse_conversation(data, where) -> tuple[str | None, list[dict]]:
         want = ("user", "assistant")[len(messages) % 2]
         if m["role"] != want:
             raise EdgespecError(f"{where}: message {i} is from {m['role']}, expected {want} (turns alternate, starting with user)")
-        messages.append(_msg(m["role"], m["content"]))
+        messages.append(message(m["role"], m["content"]))
     if len(messages) % 2:
         raise EdgespecError(f"{where}: the last user message has no reply")
     if system is not None and not isinstance(system, str):

@@ -1,144 +1,55 @@
-"""From settings and text to a streamed reply: loads the pair, renders the prompt, runs the engine."""
+"""From a prompt's tokens to a streamed reply: the controller for the settings, the engine, the text.
+
+`stream` is what `run`, chat and the server share: it yields printable text as it is produced and
+fills a Reply (text, tokens, statistics, finish reason, warnings) that stays right when the consumer
+stops early.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from edgespec.core.engine import Step, generate
+from edgespec.core.kinds import Finish, Mode
+from edgespec.core.policy import Controller, Costs
+from edgespec.core.stats import Stats
 from edgespec.machine import calibrate
-from edgespec.core.engine import Stats, generate
-from edgespec.core.policy import MODES, Controller, Costs
-from edgespec.errors import ContextOverflowError, UsageError
-from edgespec.llama.model import Model, check_compatible, check_gguf
+from edgespec.session.options import GenOptions
 from edgespec.text import TextStream
-from edgespec.core.verify import SamplingParams
-
-
-@dataclass
-class LoadOptions:
-    """How to load the pair. None leaves the choice to the memory planner (edgespec.memory.plan)."""
-
-    n_ctx: int | None = None
-    n_threads: int | None = None
-    n_gpu_layers: int | None = None
-    draft_gpu_layers: int | None = None
-    kv_type: str | None = None
-    budget: str | None = None  # "6GB", "75%"
-    use_mlock: bool | None = None
-    amx: str | None = None  # auto | on | off (None: $EDGESPEC_AMX, else auto)
-
-
-@dataclass
-class GenOptions:
-    """How to generate. `mode` picks the drafter: auto, model, ngram or none; `k` fixes the draft
-    length (None lets the controller choose, up to k_max)."""
-
-    mode: str = "auto"
-    k: int | None = None
-    k_max: int = 16
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    max_tokens: int = 256
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
 
 
 @dataclass
 class Reply:
     text: str = ""
     tokens: list[int] = field(default_factory=list)
-    finish: str | None = None  # stop | length | context | interrupted
+    finish: Finish | None = None
     stats: Stats = field(default_factory=Stats)
     warnings: list[str] = field(default_factory=list)
 
 
-def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -> tuple[Model, Model | None]:
-    """Plan memory, then load target and (optional) draft.
-
-    Both files are checked and the plan is made before the slow loads start, so a pair that cannot
-    fit fails in one line without loading anything. The plan is kept on the target as `.plan`.
-    """
-    from edgespec.machine import cpu_paths, memory
-
-    check_gguf(target)
-    if draft is not None:
-        check_gguf(draft)
-    if opts.kv_type is not None and opts.kv_type not in memory.KV_TYPES:
-        raise UsageError(f"unknown --kv-type {opts.kv_type!r}", f"use one of {', '.join(memory.KV_TYPES)}")
-    budget = memory.parse_size(opts.budget, total=memory.system_memory().total) if opts.budget else None
-    plan = memory.plan(
-        target, draft, n_ctx=opts.n_ctx, budget=budget, kv_type=opts.kv_type,
-        n_gpu_layers=opts.n_gpu_layers, draft_gpu_layers=opts.draft_gpu_layers, use_mlock=opts.use_mlock,
-    )
-    common = dict(
-        cpu=cpu_paths.decide(opts.amx), n_ctx=plan.n_ctx, n_threads=opts.n_threads, n_batch=plan.n_ubatch, use_mmap=plan.use_mmap,
-        use_mlock=plan.use_mlock, type_k=plan.ggml_type_k, type_v=plan.ggml_type_v, flash_attn=plan.flash_attn,
-    )
-    t = Model(target, n_gpu_layers=plan.n_gpu_layers, **common)
-    t.plan = plan
-    if draft is None:
-        return t, None
-    try:
-        d = Model(draft, n_gpu_layers=plan.draft_gpu_layers, **common)
-    except BaseException:
-        t.close()
-        raise
-    try:
-        check_compatible(t, d)
-    except BaseException:
-        t.close()
-        d.close()
-        raise
-    return t, d
-
-
-def prompt_tokens(model: Model, prompt: str, *, system: str | None = None, raw: bool = False) -> list[int]:
-    """The token ids for a user prompt: through the model's chat template unless raw (or none exists)."""
-    if not prompt.strip():
-        raise UsageError("the prompt is empty", "give the text to send to the model")
-    if raw or model.chat_template() is None:
-        return model.tokenize(prompt)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return model.tokenize_prompt(model.apply_chat_template(messages))
-
-
-def check_fits(model: Model, n_prompt: int, max_tokens: int) -> None:
-    """Refuse up front when the prompt plus the requested reply cannot fit the context."""
-    if n_prompt + max_tokens > model.n_ctx:
-        raise ContextOverflowError(
-            f"the prompt ({n_prompt} tokens) plus --max-tokens {max_tokens} exceed the {model.n_ctx}-token context",
-            f"use --ctx {n_prompt + max_tokens} or more, or a smaller --max-tokens",
-        )
-
-
-def make_controller(target: Model, draft: Model | None, opts: GenOptions, on_calibrate=None) -> Controller:
+def make_controller(target, draft, opts: GenOptions, on_calibrate: Callable[[], None] | None = None) -> Controller:
     """The controller for `opts`. Choosing k needs measured costs: cached, or measured now (a few seconds)."""
-    if opts.mode not in MODES:
-        raise UsageError(f"--draft-mode must be one of {', '.join(MODES)}, got {opts.mode!r}")
-    if opts.mode == "model" and draft is None:
-        raise UsageError("--draft-mode model needs a draft model", "pass --draft or --pair")
-    if opts.k is not None and opts.k < 0:
-        raise UsageError(f"--k must be >= 0, got {opts.k}")
+    opts.check_draft(draft is not None)
     has_model = draft is not None
-    if opts.mode == "none" or opts.k is not None:
-        k = 0 if opts.mode == "none" else opts.k
+    if opts.k is not None or opts.mode is Mode.PLAIN:  # nothing to choose: no costs needed
+        k = opts.k or 0
         return Controller(Costs({1: 1.0}), mode=opts.mode, k=k, k_max=max(k, 1), has_model=has_model)
-    cached = calibrate.load(target, draft)
-    if cached is None and on_calibrate:
+    if calibrate.load(target, draft) is None and on_calibrate:
         on_calibrate()
     costs, _ = calibrate.load_or_measure(target, draft, opts.k_max)
     return Controller(costs, mode=opts.mode, k_max=opts.k_max, has_model=has_model)
 
 
 def stream(
-    target: Model, draft: Model | None, tokens: list[int], opts: GenOptions, reply: Reply,
-    controller: Controller | None = None,
+    target, draft, tokens: list[int], opts: GenOptions, reply: Reply, controller: Controller | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> Iterator[str]:
     """Yield printable text as it is produced; `reply` collects text, tokens, stats and finish reason.
 
-    If the consumer stops early (Ctrl-C), `reply` still holds everything shown so far. Pass the same
-    controller across calls (chat turns) to keep what it learned.
+    If the consumer stops early (Ctrl-C, a client gone), `reply` still holds everything shown so far.
+    Pass the same controller across calls (chat turns) to keep what it learned; `on_step` sees each
+    engine step as it is counted.
     """
     ctl = controller or make_controller(target, draft, opts)
     text = TextStream(target.piece, opts.stop)
@@ -149,6 +60,8 @@ def stream(
     try:
         for step in steps:
             reply.stats.add(step)
+            if on_step is not None:
+                on_step(step)
             if step.note:
                 reply.warnings.append(step.note)
             if step.tokens:
@@ -157,7 +70,7 @@ def stream(
                 if piece:
                     yield piece
             if text.stopped:
-                reply.finish = "stop"
+                reply.finish = Finish.STOP
                 break
             if step.finish:
                 reply.finish = step.finish
@@ -170,5 +83,5 @@ def stream(
         warning = ctl.warning()
         if warning:
             reply.warnings.append(warning)
-        if ctl.k_fixed is None and ctl.mode != "none":
+        if ctl.adaptive:
             calibrate.save(target, draft, ctl.costs)  # keep the costs refreshed by this run

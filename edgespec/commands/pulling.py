@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from edgespec.errors import EdgespecError
-from edgespec.models.registry import ModelEntry, ensure_model
+from edgespec.models.registry import ModelEntry
+from edgespec.models.download import ensure_model
 
 
 def _size(entry: ModelEntry) -> str:
@@ -55,7 +56,7 @@ def pull(entry: ModelEntry, *, source: str, console: Console, endpoint: str | No
         path = ensure_model(entry, source=source, progress=on_download, verify_progress=on_verify, notify=notify, endpoint=endpoint)
     verified = "size and sha256 verified" if entry.sha256 else "size verified" if entry.size else "no checksum known"
     if not entry.sha256:
-        from edgespec.models.registry import read_meta
+        from edgespec.models.cache import read_meta
 
         if read_meta(path).get("sha256"):
             verified = "sha256 verified against the Hub's record"
