@@ -58,8 +58,8 @@ def test_shipped_suite_has_every_category_and_real_inputs():
     suite = S.load_suite()
     assert len(suite) >= 24
     cats = {p.category for p in suite}
-    assert cats == set(S.CATEGORIES)
-    for c in S.CATEGORIES:
+    assert cats == set(S.SHORT_CATEGORIES)
+    for c in S.SHORT_CATEGORIES:
         assert sum(p.category == c for p in suite) >= 4, c
     assert len({p.id for p in suite}) == len(suite)
     # edit and extract prompts carry the text to work on, so copying from it is natural
@@ -68,6 +68,36 @@ def test_shipped_suite_has_every_category_and_real_inputs():
             assert len(p.prompt) >= 400 and p.prompt.count("\n") >= 5, p.id
         if p.category == "edit":
             assert "```" in p.prompt, p.id
+
+
+def test_the_edit_suite_is_copy_heavy_work():
+    suite = S.load_suite(name="edit")
+    assert len(suite) >= 24 and len({p.id for p in suite}) == len(suite)
+    assert {p.category for p in suite} == set(S.EDIT_CATEGORIES)
+    for p in suite:
+        assert 200 <= p.max_tokens <= 800, p.id
+        if p.category == "follow-up":  # the earlier turn and its answer are part of the conversation
+            assert len(p.turns) >= 2 and p.turns[-1]["role"] == "assistant" and "```" in p.turns[-1]["content"], p.id
+        else:
+            assert len(p.prompt) >= 1500 and not p.turns, p.id  # the whole input is in the prompt
+        if p.category == "file-edit":
+            assert "```" in p.prompt and "complete file" in p.prompt, p.id
+    langs = " ".join(p.id for p in suite if p.category == "file-edit")
+    for lang in ("py", "js", "ts", "go", "rust", "sql", "html", "css"):
+        assert lang in langs, lang
+    with pytest.raises(UsageError, match="unknown suite 'nope'"):
+        S.load_suite(name="nope")
+
+
+def test_a_prompt_budget_is_honoured_and_capped_only_when_asked(load, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESPEC_CACHE", str(tmp_path / "cache"))
+    target = load("target", n_ctx=1024)
+    suite = S.parse_suite(json.dumps({"id": "a", "category": "chat", "prompt": "hi", "max_tokens": 300}) + "\n"
+                          + json.dumps({"id": "b", "category": "chat", "prompt": "hi"}) + "\n", "s")
+    b = B.Bench(target, None, suite, M.parse_modes(["plain"]), B.Settings())
+    assert [b.max_tokens(p) for p in suite] == [300, B.DEFAULT_MAX_TOKENS]
+    b = B.Bench(target, None, suite, M.parse_modes(["plain"]), B.Settings(max_tokens=100))
+    assert [b.max_tokens(p) for p in suite] == [100, 64]
 
 
 def test_shipped_suite_is_package_data():
@@ -125,7 +155,9 @@ def test_parse_modes():
     assert names == ["plain", "model-k2", "model-k4", "model-k6", "ngram", "auto"]
     modes = M.parse_modes(["auto,model-k3", "ngram", "auto"], llama_cpp_k=5)
     assert [(m.name, m.engine, m.k) for m in modes] == [("plain", "plain", 0), ("auto", "auto", None), ("model-k3", "model", 3), ("ngram", "ngram", None)]
-    assert M.parse_modes(["none,llama.cpp-spec"], llama_cpp_k=5)[1] == M.BenchMode("llama.cpp-spec-k5", None, 5)
+    assert M.parse_modes(["none,llama.cpp-spec"], llama_cpp_k=5)[1] == M.BenchMode("llama.cpp-spec-k5", None, 5, "draft-simple")
+    assert M.parse_mode("llama.cpp-ngram-mod") == M.BenchMode("llama.cpp-ngram-mod", None, None, "ngram-mod")
+    assert not M.parse_mode("llama.cpp-ngram-map-k").needs_draft
     assert M.parse_mode("llama.cpp-spec-k2").k == 2 and M.parse_mode("llama.cpp-spec-k2").external
     for bad, needle in (("turbo", "unknown mode"), ("auto-k3", "auto chooses k"), ("plain-k2", "no draft length"), ("model-k0", "between 1 and 64")):
         with pytest.raises(UsageError, match=needle):
@@ -639,6 +671,17 @@ def test_llama_cpp_gets_the_memory_plan(tmp_path):
     assert (flag("-c"), flag("-t"), flag("-td"), flag("-ngl"), flag("-ngld")) == ("8192", "4", "4", "999", "12")
     assert (flag("-b"), flag("-ub"), flag("-ctk"), flag("-ctv"), flag("-ctkd"), flag("-ctvd")) == ("256", "256", "q8_0", "q8_0", "q8_0", "q8_0")
     assert flag("-fa") == "on" and "--no-mmap" in cmd and "--mlock" in cmd
+
+
+def test_llama_cpp_ngram_modes_run_without_the_draft_model(tmp_path):
+    exe = tmp_path / "llama-speculative-simple"
+    exe.write_text(f"#!{sys.executable}\nprint('--spec-draft-n-max N\\n--spec-type [draft-simple|ngram-mod|ngram-map-k]')\n")
+    exe.chmod(0o755)
+    runner = L.LlamaCpp(L.find_binary(tmp_path), L.Load(n_ctx=2048, threads=2))
+    cmd = runner.command("t.gguf", None, "p.txt", k=None, max_tokens=300, seed=1, spec="ngram-mod")
+    assert cmd[cmd.index("--spec-type") + 1] == "ngram-mod" and "-md" not in cmd and "--spec-draft-n-max" not in cmd
+    with pytest.raises(UsageError, match="no --spec-type ngram-map-k4v"):
+        runner.command("t.gguf", None, "p.txt", k=None, max_tokens=300, seed=1, spec="ngram-map-k4v")
 
 
 @pytest.mark.skipif(not os.environ.get("EDGESPEC_LLAMA_CPP_BIN"), reason="set EDGESPEC_LLAMA_CPP_BIN to a directory with llama-speculative-simple")

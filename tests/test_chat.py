@@ -103,6 +103,22 @@ COUNTDOWN = (
 )
 
 
+def test_the_context_index_grows_with_the_conversation(load, monkeypatch):
+    """Context drafts come from every earlier turn; the index is extended per turn, never rebuilt."""
+    from edgespec.core.suffix import SuffixIndex
+
+    resets = []
+    monkeypatch.setattr(SuffixIndex, "reset", lambda self, _orig=SuffixIndex.reset: (resets.append(1), _orig(self))[1])
+    target = load("target")
+    s = Session(target, None, gen_options(mode="ngram", k=None))
+    s.send("say something")
+    n1 = len(s.context)
+    before = resets.count(1)
+    s.send("say it again")
+    assert len(s.context) > n1 and resets.count(1) == before
+    assert s.context.tokens == list(s.conv.tokens[: len(s.context)])
+
+
 def test_template_that_rewrites_earlier_turns_falls_back_to_a_full_render(tmp_path, load):
     m = load(write_tiny(tmp_path, "countdown", COUNTDOWN))
     s = Session(m, None, gen_options(mode="none", k=None))
@@ -455,7 +471,7 @@ import sys
 from edgespec.session import runner
 from edgespec.errors import EdgespecError
 
-def broken(target, draft, tokens, opts, reply, controller=None, on_step=None):
+def broken(target, draft, tokens, opts, reply, controller=None, on_step=None, context=None):
     reply.text = "partial"
     yield "partial"
     raise EdgespecError("llama_decode failed with code -3 on target.gguf at position 60")

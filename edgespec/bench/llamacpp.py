@@ -232,15 +232,21 @@ class LlamaCpp:
         m = re.search(r"version:\s*(.+)", out.decode("utf-8", "replace") + err)
         return m.group(1).strip() if m else None
 
-    def command(self, target: str, draft: str, prompt_file: str, k: int, max_tokens: int, seed: int) -> list[str]:
+    def command(self, target: str, draft: str | None, prompt_file: str, k: int | None, max_tokens: int, seed: int,
+                spec: str = "draft-simple") -> list[str]:
+        """The command line for one prompt: the draft model at draft length k (spec draft-simple), or
+        llama.cpp's own context drafting (ngram-mod, ngram-map-k) at its defaults."""
         sp, ld = self.sampling, self.load
         gpu = lambda n: str(999 if n < 0 else n)  # noqa: E731  (edgespec's -1 means all layers)
-        cmd = [
-            str(self.binary), "-m", target, "-md", draft, "-f", prompt_file, "-n", str(max_tokens),
-            "-c", str(ld.n_ctx), "-t", str(ld.threads), "-td", str(ld.threads),
-            "-ngl", gpu(ld.n_gpu_layers), "-ngld", gpu(ld.draft_gpu_layers), "-s", str(seed),
-            *self.spec_type, self.flags["n_max"], str(k), self.flags["n_min"], "0", self.flags["p_min"], "0",
-        ]
+        cmd = [str(self.binary), "-m", target, "-f", prompt_file, "-n", str(max_tokens), "-c", str(ld.n_ctx),
+               "-t", str(ld.threads), "-ngl", gpu(ld.n_gpu_layers), "-s", str(seed)]
+        if spec == "draft-simple":
+            cmd += ["-md", draft, "-td", str(ld.threads), "-ngld", gpu(ld.draft_gpu_layers), *self.spec_type,
+                    self.flags["n_max"], str(k), self.flags["n_min"], "0", self.flags["p_min"], "0"]
+        else:
+            if "--spec-type" not in self.help or spec not in self.help:
+                raise UsageError(f"{self.binary.name} has no --spec-type {spec}", "build it from a llama.cpp that has it (scripts/build_llama_cpp_tools.sh)")
+            cmd += ["--spec-type", spec]
         if ld.n_batch:
             cmd += ["-b", str(ld.n_batch), "-ub", str(ld.n_batch)]
         if (ld.type_k, ld.type_v) != ("f16", "f16"):  # the memory planner chose a quantised KV cache
@@ -261,17 +267,16 @@ class LlamaCpp:
             cmd.append("--ignore-eos")
         return cmd + self.extra
 
-    def run(self, run, target, draft, prompt, tokens: list[int], max_tokens: int, seed: int) -> None:
+    def run(self, run, target, draft, prompt, tokens: list[int], max_tokens: int, seed: int, spec: str = "draft-simple") -> None:
         """Fill `run` (an edgespec.bench.runs.Run) from one llama-speculative-simple process."""
         from edgespec.session.loading import render
 
-        messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [{"role": "user", "content": prompt.prompt}]
-        rendered = render(target, messages)  # the text edgespec's own modes tokenize
+        rendered = render(target, prompt.messages())  # the text edgespec's own modes tokenize
         fd, path = tempfile.mkstemp(prefix="edgespec-bench-", suffix=".txt")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
                 f.write(rendered + "\n")  # llama.cpp's -f drops one trailing newline; the template's own stays
-            cmd = self.command(str(target.path), str(draft.path), path, run.k, max_tokens, seed)
+            cmd = self.command(str(target.path), str(draft.path) if draft is not None else None, path, run.k, max_tokens, seed, spec)
             self.last_command = cmd
             t0 = time.perf_counter()
             try:

@@ -22,6 +22,7 @@ class BenchMode:
     name: str
     engine: Mode | None
     k: int | None = None
+    llama_spec: str | None = None  # llama.cpp rows: its --spec-type (draft-simple, ngram-mod, ngram-map-k)
 
     @property
     def external(self) -> bool:
@@ -29,7 +30,7 @@ class BenchMode:
 
     @property
     def needs_draft(self) -> bool:
-        return self.external or self.engine is Mode.MODEL
+        return self.llama_spec == "draft-simple" or self.engine is Mode.MODEL
 
     @property
     def uses_draft(self) -> bool:
@@ -37,8 +38,9 @@ class BenchMode:
         return self.engine in (Mode.MODEL, Mode.AUTO)
 
 
-_MODE_RE = re.compile(r"^(plain|none|model|ngram|auto|llama\.cpp-spec)(?:-k(\d+))?$")
-MODE_HELP = "plain, model-kN, model (k chosen per step), ngram, ngram-kN, auto, llama.cpp-spec[-kN]"
+_MODE_RE = re.compile(r"^(plain|none|model|ngram|auto|llama\.cpp-spec|llama\.cpp-ngram-mod|llama\.cpp-ngram-map-k)(?:-k(\d+))?$")
+MODE_HELP = ("plain, model-kN, model (k chosen per step), ngram, ngram-kN, auto, llama.cpp-spec[-kN], "
+             "llama.cpp-ngram-mod, llama.cpp-ngram-map-k")
 
 
 def parse_mode(text: str, llama_cpp_k: int = 4) -> BenchMode:
@@ -56,7 +58,11 @@ def parse_mode(text: str, llama_cpp_k: int = 4) -> BenchMode:
         raise UsageError(f"mode {text!r}: k must be between 1 and 64")
     if kind == "llama.cpp-spec":
         k = llama_cpp_k if k is None else k
-        return BenchMode(f"llama.cpp-spec-k{k}", None, k)
+        return BenchMode(f"llama.cpp-spec-k{k}", None, k, "draft-simple")
+    if kind.startswith("llama.cpp-ngram"):  # llama.cpp's own context drafting, at its defaults
+        if k is not None:
+            raise UsageError(f"mode {text!r}: llama.cpp's n-gram modes use their own draft lengths", f"use {kind}")
+        return BenchMode(kind, None, None, kind[len("llama.cpp-"):])
     return BenchMode(kind if k is None else f"{kind}-k{k}", Mode(kind), k)
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgespec.core.drafters import NgramDrafter
+from edgespec.core.drafters import ContextDrafter
 from edgespec.core.engine import generate
 from edgespec.core.policy import Controller, Costs
 from edgespec.core.prefix import common_prefix
@@ -123,10 +123,10 @@ def replay(prompt: Sequence[int], output: Sequence[int], costs: Costs,
     return r
 
 
-def oracle(prompt: Sequence[int], output: Sequence[int], costs: Costs, k_max: int = 16) -> float:
+def oracle(prompt: Sequence[int], output: Sequence[int], costs: Costs, k_max: int = 64) -> float:
     """The best speed-up over plain decoding any choice of k (0..k_max) per step could reach with
     the n-gram drafter, knowing how far each lookup will be right (dynamic programming)."""
-    drafter = NgramDrafter()
+    drafter = ContextDrafter()
     n = len(output)
     right = []
     for i in range(n):

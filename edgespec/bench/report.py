@@ -198,7 +198,7 @@ def document(result: Result, *, machine: dict, models: dict, extra: dict | None 
         "machine": machine, "versions": versions(), "models": models,
         "calibration": result.calibration, "warmup": result.warmup,
         "prompts": [{"id": p.id, "category": p.category, "prompt_tokens": result.prompt_token_counts.get(p.id),
-                     "max_tokens": p.max_tokens} for p in result.prompts],
+                     "max_tokens": result.budgets.get(p.id, p.max_tokens), "turns": len(p.turns) // 2} for p in result.prompts],
         "run_order": [{"seq": r.seq, "repeat": r.repeat, "prompt": r.prompt_id, "mode": r.mode} for r in result.runs],
         "runs": [r.as_dict() for r in result.runs],
         **agg,

@@ -125,20 +125,20 @@ def _drive(lives: Sequence[_Live]) -> None:
 
 @dataclass
 class Settings:
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int | None = None  # caps every prompt's budget; None: each prompt's own, else DEFAULT_MAX_TOKENS
     repeats: int = 1
     warmup: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
     ignore_eos: bool = False
-    k_max: int = 16
+    k_max: int = 64
     near_tie: float = NEAR_TIE
     lockstep: bool = False  # edgespec modes of a prompt step in turn, each in its own context
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
             raise UsageError(f"--repeats must be >= 1, got {self.repeats}")
-        if self.max_tokens < 1:
+        if self.max_tokens is not None and self.max_tokens < 1:
             raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens}")
 
 
@@ -149,6 +149,7 @@ class Result:
     settings: Settings
     runs: list[Run] = field(default_factory=list)
     prompt_token_counts: dict[str, int] = field(default_factory=dict)
+    budgets: dict[str, int] = field(default_factory=dict)  # prompt id -> the answer budget it ran with
     warmup: dict | None = None
     calibration: dict | None = None
     interrupted: bool = False
@@ -177,7 +178,7 @@ class Bench:
         self.llama_cpp = llama_cpp
         self.tokens: list[list[int]] = []
         for p in self.prompts:
-            toks = prompt_tokens(target, p.prompt, system=p.system)
+            toks = prompt_tokens(target, p.prompt, system=p.system, turns=p.turns)
             try:
                 check_fits(target, len(toks), self.max_tokens(p))
             except EdgespecError as e:
@@ -188,7 +189,9 @@ class Bench:
         self._contexts: dict[str, tuple] = {}  # lockstep: mode name -> (target, draft) contexts
 
     def max_tokens(self, p: Prompt) -> int:
-        return min(self.settings.max_tokens, p.max_tokens) if p.max_tokens else self.settings.max_tokens
+        """The prompt's own budget (else DEFAULT_MAX_TOKENS), capped by --max-tokens when given."""
+        own = p.max_tokens or DEFAULT_MAX_TOKENS
+        return min(own, self.settings.max_tokens) if self.settings.max_tokens else own
 
     # ------------------------------------------------------------------------------ set-up
     def prepare(self, on_calibrate: Callable[[], None] | None = None) -> dict | None:
@@ -214,7 +217,7 @@ class Bench:
         if not self.settings.warmup:
             return None
         i = min(range(len(self.prompts)), key=lambda j: len(self.tokens[j]))
-        n = min(WARMUP_TOKENS, self.settings.max_tokens)
+        n = min(WARMUP_TOKENS, self.max_tokens(self.prompts[i]))
         done = []
         for m in self.modes:
             if not m.external:
@@ -242,7 +245,7 @@ class Bench:
             if not self._contexts:
                 self._contexts[mode.name] = (self.target, self.draft)
             else:
-                need = max(len(t) for t in self.tokens) + self.settings.max_tokens + self.settings.k_max + 2
+                need = max(len(t) + self.max_tokens(p) for t, p in zip(self.tokens, self.prompts)) + self.settings.k_max + 2
                 n_ctx = min(self.target.n_ctx, 256 * -(-need // 256))
                 t = self.target.twin(n_ctx)
                 d = self.draft.twin(n_ctx) if self.draft is not None and mode.uses_draft else None
@@ -282,7 +285,8 @@ class Bench:
     def _run_external(self, seq: int, repeat: int, pi: int, mode: BenchMode) -> Run:
         p = self.prompts[pi]
         run = Run(seq, repeat, p.id, p.category, mode.name, mode.k, per_step=False)
-        self.llama_cpp.run(run, self.target, self.draft, p, self.tokens[pi], self.max_tokens(p), self._seed(repeat, pi))
+        self.llama_cpp.run(run, self.target, self.draft, p, self.tokens[pi], self.max_tokens(p), self._seed(repeat, pi),
+                           spec=mode.llama_spec)
         return run
 
     def _fill(self, run: Run, g: _Live, wall: float) -> None:
@@ -329,6 +333,7 @@ class Bench:
         llama.cpp's, each in its place in the run order."""
         res = Result(self.prompts, self.modes, self.settings, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         res.prompt_token_counts = {p.id: len(t) for p, t in zip(self.prompts, self.tokens)}
+        res.budgets = {p.id: self.max_tokens(p) for p in self.prompts}
         before = loadavg()
         t_start = time.perf_counter()
         order = run_order(len(self.prompts), len(self.modes), self.settings.repeats)

@@ -11,11 +11,18 @@ from typing import Sequence
 
 from edgespec.errors import UsageError
 
-CATEGORIES = ("codegen", "edit", "chat", "extract", "json")
+SHORT_CATEGORIES = ("codegen", "edit", "chat", "extract", "json")
+EDIT_CATEGORIES = ("file-edit", "quote", "convert", "follow-up")
+CATEGORIES = SHORT_CATEGORIES + EDIT_CATEGORIES  # the order tables list them in
+# The shipped suites: name -> (file in edgespec/prompts, what it measures)
+SUITES = {
+    "short": ("suite.jsonl", "25 short tasks (code generation, edits, chat, extraction, JSON), 64-token answers"),
+    "edit": ("edit.jsonl", "copy-heavy work: whole-file edits, quotes, conversions, follow-up turns; 200-800-token answers"),
+}
 QUICK_CATEGORIES = ("codegen", "edit", "extract", "chat", "json")  # --quick: first prompt of the first three present
 QUICK_PROMPTS = 3
 
-_SUITE_KEYS = ("id", "category", "prompt", "system", "max_tokens")
+_SUITE_KEYS = ("id", "category", "prompt", "system", "max_tokens", "turns")
 
 
 @dataclass(frozen=True)
@@ -24,17 +31,25 @@ class Prompt:
     category: str
     prompt: str
     system: str | None = None
-    max_tokens: int | None = None  # lowers --max-tokens for this prompt
+    max_tokens: int | None = None  # this prompt's answer budget (--max-tokens can lower it)
+    turns: tuple[dict, ...] = ()  # earlier messages of the conversation (user, assistant, ...)
+
+    def messages(self) -> list[dict]:
+        """The conversation to render: system message, earlier turns, this prompt."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [dict(m) for m in self.turns] + [{"role": "user", "content": self.prompt}]
 
 
-def shipped_suite_text() -> str:
-    return resources.files("edgespec").joinpath("prompts", "suite.jsonl").read_text(encoding="utf-8")
+def shipped_suite_text(name: str = "short") -> str:
+    if name not in SUITES:
+        raise UsageError(f"unknown suite {name!r}", f"shipped suites: {', '.join(SUITES)}")
+    return resources.files("edgespec").joinpath("prompts", SUITES[name][0]).read_text(encoding="utf-8")
 
 
-def load_suite(path: str | os.PathLike | None = None) -> list[Prompt]:
-    """The shipped suite, or a user's JSONL file in the same format."""
+def load_suite(path: str | os.PathLike | None = None, name: str = "short") -> list[Prompt]:
+    """A shipped suite by name, or a user's JSONL file in the same format."""
     if path is None:
-        return parse_suite(shipped_suite_text(), "edgespec/prompts/suite.jsonl")
+        return parse_suite(shipped_suite_text(name), f"edgespec/prompts/{SUITES.get(name, (name,))[0]}")
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
@@ -50,7 +65,8 @@ def load_suite(path: str | os.PathLike | None = None) -> list[Prompt]:
 
 
 def parse_suite(text: str, name: str) -> list[Prompt]:
-    """One JSON object per line: id, category, prompt (required), system, max_tokens (optional).
+    """One JSON object per line: id, category, prompt (required), system, max_tokens, turns (optional;
+    turns: the earlier messages, [{"role": "user"|"assistant", "content": ...}, ...], alternating from user).
 
     Blank lines are skipped; anything else that is wrong fails naming the file and line.
     """
@@ -90,7 +106,13 @@ def parse_suite(text: str, name: str) -> list[Prompt]:
         if pid in first_line:
             raise bad(f"duplicate id {pid!r} (first on line {first_line[pid]})")
         first_line[pid] = lineno
-        prompts.append(Prompt(pid, obj["category"], obj["prompt"], system or None, mt))
+        turns = obj.get("turns") or []
+        if not isinstance(turns, list) or any(not isinstance(m, dict) or set(m) != {"role", "content"}
+                                                 or not isinstance(m["content"], str) for m in turns):
+            raise bad('"turns" must be a list of {"role": ..., "content": ...} messages')
+        if [m["role"] for m in turns] != ["user", "assistant"] * (len(turns) // 2) or len(turns) % 2:
+            raise bad('"turns" must alternate user and assistant, starting with user and ending with assistant')
+        prompts.append(Prompt(pid, obj["category"], obj["prompt"], system or None, mt, tuple(turns)))
     if not prompts:
         raise UsageError(f"{name} has no prompts")
     return prompts

@@ -47,6 +47,14 @@ def _speed_cell(c: dict) -> str:
     return f"{c['geomean']:.2f} ({c['min']:.2f}-{c['max']:.2f})"
 
 
+def _budget(doc: dict) -> str:
+    budgets = [p.get("max_tokens") for p in doc["prompts"] if p.get("max_tokens")]
+    if not budgets:
+        return f"≤{doc['settings']['max_tokens']} tokens"
+    lo, hi = min(budgets), max(budgets)
+    return f"≤{lo} tokens" if lo == hi else f"≤{lo}-{hi} tokens"
+
+
 def tables(doc: dict, details: bool = False) -> list:
     from rich.table import Table
 
@@ -55,7 +63,7 @@ def tables(doc: dict, details: bool = False) -> list:
     names = [Path((doc["models"].get(r) or {}).get("path", "")).name for r in ("target", "draft") if doc["models"].get(r)]
     n_prompts = len(doc["prompts"])
     title = (f"edgespec bench: {' + '.join(names)} · {n_prompts} prompts · {s['repeats']} repeat(s) · "
-             f"≤{s['max_tokens']} tokens · {'greedy' if greedy else 'T=' + str(s['temperature'])}")
+             f"{_budget(doc)} · {'greedy' if greedy else 'T=' + str(s['temperature'])}")
     t = Table(title=title, title_justify="left")
     for col, just in (("mode", "left"), ("decode tok/s", "right"), ("speedup", "right"), ("min-max", "right"),
                       ("prefill tok/s", "right"), ("accept", "right"), ("acc. len", "right"), ("drafting steps", "left"),

@@ -14,12 +14,17 @@ from edgespec.errors import UsageError
 
 @takes(MODELS, K_MAX, SAMPLER, LOADING)
 def bench(
+    suite: Annotated[str, typer.Option(
+        "--suite", metavar="NAME",
+        help="A shipped suite: short (25 short tasks, 64-token answers) or edit (copy-heavy: whole-file edits, quotes, conversions, follow-up turns; 200-800-token answers).",
+    )] = "short",
     prompts: Annotated[Optional[Path], typer.Option(
         "--prompts", metavar="FILE", show_default=False,
-        help='Your own suite, JSONL: one {"id", "category", "prompt", optional "system", "max_tokens"} per line (default: the shipped suite, 25 prompts).',
+        help='Your own suite instead, JSONL: one {"id", "category", "prompt", optional "system", "max_tokens", "turns"} per line.',
     )] = None,
     category: Annotated[Optional[List[str]], typer.Option(
-        "--category", metavar="NAME", show_default=False, help="Only prompts of this category (repeatable): codegen, edit, chat, extract, json.",
+        "--category", metavar="NAME", show_default=False,
+        help="Only prompts of this category (repeatable). short: codegen, edit, chat, extract, json; edit: file-edit, quote, convert, follow-up.",
     )] = None,
     modes: Annotated[Optional[List[str]], typer.Option(
         "--modes", metavar="MODES", show_default=False,
@@ -31,7 +36,7 @@ def bench(
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="First an untimed pass: the shortest prompt, 8 tokens, every mode.")] = True,
     max_tokens: Annotated[Optional[int], typer.Option(
         "--max-tokens", "-n", min=1, show_default=False,
-        help="Most tokens per reply; a prompt's own max_tokens can lower it (default: 64).",
+        help="Most tokens per reply, for every prompt (default: each prompt's own max_tokens, else 64).",
     )] = None,
     quick: Annotated[bool, typer.Option("--quick", help="3 prompts (codegen, edit, extract), one repeat, 64 tokens.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (each prompt and repeat gets seed + 1000 x repeat + index, the same in every mode).")] = 0,
@@ -68,7 +73,7 @@ def bench(
     # Everything that can be checked without the models is checked first.
     if compare is not None and compare != "llama-cpp":
         raise UsageError(f"--compare takes llama-cpp, got {compare!r}")
-    prompt_set = S.select(S.load_suite(prompts), category or (), quick)
+    prompt_set = S.select(S.load_suite(prompts, suite), category or (), quick)
     k_pair = llama_cpp_k or models.resolved.k or 4
     mode_list = M.parse_modes(modes or list(M.DEFAULT_MODES), k_pair)
     if compare and not any(m.external for m in mode_list):
@@ -89,7 +94,7 @@ def bench(
     if csv_out == "-" or plot_out == "-":
         raise UsageError("only --json can write to stdout ('-')")
     settings = B.Settings(
-        max_tokens=max_tokens or B.DEFAULT_MAX_TOKENS, repeats=repeats or 1, warmup=warmup, seed=seed, ignore_eos=ignore_eos,
+        max_tokens=max_tokens, repeats=repeats or 1, warmup=warmup, seed=seed, ignore_eos=ignore_eos,
         k_max=k_max, near_tie=near_tie, lockstep=lockstep, sampling=sampling.params,
     )
 
@@ -115,7 +120,8 @@ def bench(
     finally:
         close(tmodel, dmodel)
 
-    extra = {"prompts_file": str(prompts) if prompts else None, "categories": list(category or []), "quick": quick,
+    extra = {"suite": None if prompts else suite, "prompts_file": str(prompts) if prompts else None,
+             "categories": list(category or []), "quick": quick,
              **described["settings"]}
     doc = R.document(result, machine=described["machine"], models=described["models"], extra=extra)
     if json_out:

@@ -26,7 +26,7 @@ def calibrate(
 
     tmodel, dmodel = load_models(models, load)
     try:
-        with err.status("measuring (about 15 s on a 2-core CPU)", spinner="dots"):
+        with err.status("measuring (about 25 s on a 2-core CPU)", spinner="dots"):
             costs = cal.measure(tmodel, dmodel, k_max)
         cal.save(tmodel, dmodel, costs)
         paths = cpu_paths.report(cpu_paths.decide(load.amx), (tmodel, dmodel))
@@ -34,7 +34,7 @@ def calibrate(
         close(tmodel, dmodel)
 
     base = costs.verify_cost(1)
-    ks = [k for k in (1, 2, 3, 4, 6, 8, 12, 16) if k <= k_max]
+    ks = [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= k_max]
     drafters = {"ngram": costs.ngram_lookup}
     if costs.draft_token is not None:
         drafters = {"model": costs.draft_token, **drafters}

@@ -112,7 +112,7 @@ class Drafting:
 DRAFTING = Group("drafting", (
     ("draft_mode", Annotated[str, typer.Option("--draft-mode", help="Drafter: auto (the cost model picks model, n-gram or nothing per step), model, ngram or plain.")], "auto"),
     ("k", Annotated[Optional[int], _opt("--k", help="Fix the draft length (0: plain decoding) (default: chosen per step).")], None),
-    ("k_max", Annotated[int, typer.Option("--k-max", min=1, max=64, help="Longest draft the controller may choose.")], 16),
+    ("k_max", Annotated[int, typer.Option("--k-max", min=1, max=64, help="Longest draft the controller may choose.")], 64),
 ), lambda draft_mode, k, k_max: Drafting(draft_mode, k, k_max))
 
 K_MAX = Group("k_max", DRAFTING.params[2:], lambda k_max: k_max)  # commands that compare modes choose k per mode

@@ -15,10 +15,11 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from edgespec.core import verify
-from edgespec.core.drafters import Draft, ModelDrafter, NgramDrafter
+from edgespec.core.drafters import ContextDrafter, Draft, ModelDrafter
 from edgespec.core.kinds import Drafter, Finish, Phase
 from edgespec.core.policy import Controller
 from edgespec.core.prefix import common_prefix
+from edgespec.core.suffix import OutputMemory, SuffixIndex
 from edgespec.core.verify import SamplingParams
 from edgespec.errors import ContextOverflowError, UsageError
 
@@ -46,6 +47,7 @@ class Step:
     accepted: int = 0
     t_draft: float = 0.0
     t_verify: float = 0.0
+    t_lookup: float = 0.0  # of t_draft and t_verify: the context index's lookup and settling
     prompt: int = 0  # prefill: the prompt's length
     cached: int = 0  # prefill: prompt tokens found in the target's KV cache
     prefill: int = 0  # prefill: prompt tokens the target evaluated now
@@ -65,6 +67,8 @@ def generate(
     seed: int | None = None,
     suppress: Sequence[int] = (),
     controller: Controller | None = None,
+    context: SuffixIndex | None = None,
+    memory: OutputMemory | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Iterator[Step]:
     """Yield a prefill Step, then one Step per target pass until EOG, max_tokens or a full context.
@@ -73,7 +77,10 @@ def generate(
     sequence has the target's distribution (speculative rejection sampling). `controller` picks the
     drafter and k for each step; without one the draft model drafts a fixed k (k = 0 or no draft
     model: plain decoding, through the same code). `suppress` lists tokens neither model may produce
-    (end-of-generation tokens, for --ignore-eos). `clock` times the steps (a replay passes its own).
+    (end-of-generation tokens, for --ignore-eos). `context`: the index the context drafts come from,
+    kept across generations by the caller (chat, server); it is brought up to date with the prompt.
+    `memory`: earlier outputs drafts may also come from (a server's earlier requests).
+    `clock` times the steps (a replay passes its own).
     """
     if not prompt:
         raise UsageError("the prompt is empty", "give some text to continue")
@@ -84,18 +91,22 @@ def generate(
     ctl = controller or Controller.fixed(k, has_model=draft is not None)
     ctl, draft, note = _limits(ctl, target, draft)
     ban = np.asarray(suppress, dtype=np.int64) if len(suppress) else None
-    ngram = NgramDrafter()
+    ngram = ContextDrafter(context, memory=memory)
     model = ModelDrafter(draft, ban, target.n_vocab) if draft is not None and ctl.uses(Drafter.MODEL) else None
     drafters = {Drafter.NGRAM: ngram, Drafter.MODEL: model}
     rng = np.random.default_rng(seed)
     history = list(prompt)
     n_ctx = min(target.n_ctx, draft.n_ctx) if model else target.n_ctx
-    q = np.zeros((max(ctl.k_cap, 1), target.n_vocab), dtype=np.float32)  # proposal rows, for sampling
+    # proposal rows, for sampling (greedy acceptance never reads them)
+    q = np.zeros((max(ctl.k_cap, 1) if not sampling.greedy else 1, target.n_vocab), dtype=np.float32)
+    k_cap = max(ctl.k_cap, 1)
 
     cached = common_prefix(target.tokens, history[:-1])
     t0 = clock()
     target.advance_to(history[:-1])
     t1 = clock()
+    if ctl.uses(Drafter.NGRAM):
+        ngram.sync(history)
     if model and ctl.might_use_model() and model.usable(history):
         draft.advance_to(history[:-1])  # else it catches up when first chosen
     yield Step([], Phase.PREFILL, prompt=len(history), cached=cached, prefill=len(history) - 1 - cached,
@@ -107,21 +118,23 @@ def generate(
         if room < 0:
             yield Step([], finish=Finish.CONTEXT)  # nothing emitted: the context is full
             return
-        limit = min(max_tokens - emitted - 1, room, len(q))
+        limit = min(max_tokens - emitted - 1, room, k_cap)
 
         t0 = clock()
         if model and not model.usable(history):
             ctl.disable(Drafter.MODEL)  # a token the draft model lacks is in the history now
         n_gram, conf = ngram.peek(history, limit) if ctl.uses(Drafter.NGRAM) else (0, 0.0)
-        choice = ctl.choose(n_gram, conf, limit)
+        t_lookup = clock() - t0
+        choice = ctl.choose(n_gram, conf, limit, draft_lag=len(history) - len(draft.tokens) if model else 0)
         d, catch_up = Draft(), 0.0
         if choice.k > 0:
             if choice.drafter == Drafter.MODEL and len(history) - len(draft.tokens) > 2:
                 # The draft model sat out earlier steps: bring its cache up to date, timed apart so the
                 # controller's per-token draft cost is not inflated by it.
-                tc = clock()
+                tc, lag = clock(), len(history) - 1 - len(draft.tokens)
                 draft.advance_to(history[:-1])
                 catch_up = clock() - tc
+                ctl.observe_catch_up(lag, catch_up)
             d = drafters[choice.drafter].propose(history, choice.k, sampling, rng, q, ctl.keep_going(choice.drafter))
         drafts = np.asarray(d.tokens, dtype=np.int32)
         t1 = clock()
@@ -153,9 +166,11 @@ def generate(
         history.extend(new)
         emitted += len(new)
         if ctl.uses(Drafter.NGRAM):
+            tl = clock()
             ctl.observe_lookups(ngram.outcomes(history))
+            t_lookup += clock() - tl
         # The step's time includes the bookkeeping above (the controller learnt from t2 - t1 alone).
-        yield Step(new, drafted=len(drafts), accepted=n_acc, t_draft=t1 - t0, t_verify=clock() - t1,
+        yield Step(new, drafted=len(drafts), accepted=n_acc, t_draft=t1 - t0, t_verify=clock() - t1, t_lookup=t_lookup,
                    finish=finish, drafter=choice.drafter if len(drafts) else Drafter.NONE)
         if finish:
             return

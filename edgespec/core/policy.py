@@ -8,7 +8,7 @@ tokens per second, with plain decoding (k = 0) always a candidate:
 
 On a compute-bound CPU verify_cost grows almost linearly with k, so a draft model rarely pays; on a
 GPU verification is nearly free and it does. Nothing here assumes which case it is: the costs are
-measured (edgespec.calibrate) and refreshed from the real step timings.
+measured (edgespec.machine.calibrate) and refreshed from the real step timings.
 """
 
 from __future__ import annotations
@@ -19,13 +19,26 @@ from typing import Sequence
 from edgespec.core.kinds import Drafter, Mode
 MODEL_EDGES = (0.0, 0.3, 0.5, 0.7, 0.85, 0.95)  # the draft model's own probability of its token
 MODEL_PRIOR = (0.2, 0.4, 0.6, 0.75, 0.85, 0.92)  # a calibrated draft is accepted about that often
-NGRAM_EDGES = (0, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-NGRAM_PRIOR = (0.45, 0.6, 0.7, 0.75, 0.85, 0.87, 0.88, 0.9, 0.93, 0.95, 0.98)
+_LENGTHS = (0, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_ALIGNED = 1000  # edgespec.core.drafters.ALIGNED: drafts that resume the copy in progress are rated apart
+NGRAM_EDGES = _LENGTHS + tuple(_ALIGNED + e for e in _LENGTHS)
+NGRAM_PRIOR = ((0.45, 0.6, 0.7, 0.75, 0.85, 0.87, 0.88, 0.9, 0.93, 0.95, 0.98)
+               + (0.7, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.97, 0.98, 0.985, 0.99))
+CATCH_UP_STEPS = 16  # steps a draft model that was brought up to date is expected to serve
 
 
 @dataclass
 class Costs:
-    """Seconds per target decode of n positions (logits at each), per draft-model token, per n-gram lookup."""
+    """What steps cost here: seconds per target decode of n positions (logits at each), per draft-model
+    token, per n-gram lookup; and how fast the machine runs now compared with when they were measured.
+
+    The measured curve is a shape; `scale` is the machine's speed now relative to it. Real steps
+    refresh both: the scale from the median of the last observations' ratios to the curve, whatever
+    their size (a machine that slows down slows every batch size alike, so drafting never looks
+    cheaper than it is because only the sizes in use were refreshed), and each size's own point only
+    with what is left once the scale is taken out (a mis-measured point corrects itself, fast where
+    it was too slow: on a shared machine noise only ever adds time).
+    """
 
     verify: dict[int, float]
     draft_token: float | None = None
@@ -33,15 +46,18 @@ class Costs:
     # How often the draft model's greedy token was the target's, per MODEL_EDGES bucket of its own
     # probability: [hits, tries] each, measured by calibration on a sample text. The acceptance prior.
     draft_agreement: list[list[int]] | None = None
-    # Refreshing from real steps: on a shared or throttling machine noise only ever adds time, so a
-    # faster observation moves the estimate a lot and a slower one a little. A burst of slow steps
-    # (another process, a page-in) must not make speculation look like a bargain against a stale
-    # batch cost; a sustained slowdown still gets through, over a few dozen steps.
-    down: float = 0.3
-    up: float = 0.03
+    scale: float = 1.0
+    down: float = 0.3  # how far one observation moves a point of the curve down ...
+    up: float = 0.03  # ... and up
+    window: int = 15  # observations the scale's median is taken over
+    # Bringing a lagging draft model up to date: seconds per lagging token, in the curve's units
+    # (None: not seen yet; estimated from the draft's token cost and the target's batch efficiency).
+    catch_up_token: float | None = None
+    frozen: bool = False  # no refresh from real steps: choices then depend on nothing timed (seeded sampling)
+    _ratios: list[float] = field(default_factory=list, repr=False)
 
-    def verify_cost(self, n: int) -> float:
-        """Linear interpolation between measured sizes; linear extrapolation past the last one."""
+    def shape(self, n: int) -> float:
+        """The measured curve: linear interpolation between sizes, linear extrapolation past the last one."""
         if n in self.verify:
             return self.verify[n]
         sizes = sorted(self.verify)
@@ -54,16 +70,46 @@ class Costs:
         w = (n - lo) / (hi - lo)
         return self.verify[lo] * (1 - w) + self.verify[hi] * w
 
-    def _blend(self, old: float | None, new: float) -> float:
-        if old is None:
-            return new
+    def verify_cost(self, n: int) -> float:
+        return self.scale * self.shape(n)
+
+    def draft_cost(self) -> float | None:
+        return None if self.draft_token is None else self.scale * self.draft_token
+
+    def catch_up_cost(self, lag: int) -> float:
+        """Seconds to feed `lag` tokens the draft model has not seen (one batch)."""
+        if lag <= 0 or self.draft_token is None:
+            return 0.0
+        per = self.catch_up_token
+        if per is None:  # the draft in one batch, as efficient as the target's batches of that size
+            per = self.draft_token * self.shape(min(lag, max(self.verify))) / (self.shape(1) * min(lag, max(self.verify)))
+        return self.scale * per * lag
+
+    def _blend(self, old: float, new: float) -> float:
         return old + (self.down if new < old else self.up) * (new - old)
 
     def observe_verify(self, n: int, seconds: float) -> None:
-        self.verify[n] = self._blend(self.verify.get(n), seconds)
+        if seconds <= 0 or self.frozen:
+            return
+        point = self.shape(n)
+        self._ratios = (self._ratios + [seconds / point])[-self.window :]
+        self.scale = sorted(self._ratios)[len(self._ratios) // 2]
+        self.verify[n] = self._blend(point, seconds / self.scale)
 
     def observe_draft(self, per_token: float) -> None:
-        self.draft_token = self._blend(self.draft_token, per_token)
+        if self.frozen:
+            return
+        new = per_token / self.scale
+        self.draft_token = new if self.draft_token is None else self._blend(self.draft_token, new)
+
+    def observe_catch_up(self, lag: int, seconds: float) -> None:
+        if lag > 0 and seconds > 0 and not self.frozen:
+            new = seconds / self.scale / lag
+            self.catch_up_token = new if self.catch_up_token is None else self._blend(self.catch_up_token, new)
+
+    def snapshot(self) -> dict:
+        """The curve at the machine's current speed, to be saved as the new calibration."""
+        return {"verify": {n: self.verify_cost(n) for n in sorted(self.verify)}, "draft_token": self.draft_cost()}
 
 
 @dataclass
@@ -116,7 +162,8 @@ def expected_tokens(accept: Sequence[float]) -> float:
 
 
 def speedup(costs: Costs, k: int, accept: float, per_token: float) -> float:
-    """Predicted speed relative to plain decoding for k drafts at a per-token acceptance rate."""
+    """Predicted speed relative to plain decoding for k drafts at a per-token acceptance rate
+    (per_token: seconds per drafted token, at the costs' current scale)."""
     return expected_tokens([accept] * k) / (k * per_token + costs.verify_cost(k + 1)) * costs.verify_cost(1)
 
 
@@ -142,7 +189,7 @@ class Controller:
     length (for comparisons) or None to let the cost model choose up to k_max.
     """
 
-    def __init__(self, costs: Costs, *, mode: Mode | str = Mode.AUTO, k: int | None = None, k_max: int = 16,
+    def __init__(self, costs: Costs, *, mode: Mode | str = Mode.AUTO, k: int | None = None, k_max: int = 64,
                  has_model: bool = True, margin: float = 0.03):
         self.costs = costs
         self.mode = Mode.parse(mode)
@@ -170,11 +217,13 @@ class Controller:
         self.drafted = 0
         self.accepted = 0
         self.warned = False
-        # While it speculates, the controller never sees plain decoding's cost again; a plain step
-        # every `probe_every` steps keeps that baseline honest (a calibration taken on a busy machine,
-        # a laptop that throttled since).
+        # While it speculates, the controller never sees a plain step's cost again, and a one-token
+        # point measured badly (a calibration taken on a busy machine) would stay wrong: a plain step
+        # every `probe_every` speculative ones checks it. Each check that agrees doubles the interval
+        # (up to 256 steps), so a long verbatim copy is hardly interrupted; one that does not resets it.
         self.probe_every = 16
         self.since_plain = 0
+        self._probing = False
 
     @classmethod
     def fixed(cls, k: int, *, has_model: bool) -> "Controller":
@@ -211,11 +260,12 @@ class Controller:
         if self.mode is Mode.MODEL or self.k_fixed is not None:
             return True
         # auto: worth preparing only if it could beat plain decoding at the acceptance it has shown
-        return self.costs.draft_token is not None and self._best_k(Drafter.MODEL, [self.model_rate] * self.k_max, self.costs.draft_token)[0] \
+        return self.costs.draft_token is not None and self._best_k(Drafter.MODEL, [self.model_rate] * self.k_max, self.costs.draft_cost())[0] \
             >= (1 + self.margin) / self.costs.verify_cost(1)
 
-    def choose(self, ngram_len: int = 0, ngram_conf: float = 0.0, k_limit: int | None = None) -> Choice:
-        """ngram_len: tokens the n-gram lookup could propose now (0: no match); k_limit: room left."""
+    def choose(self, ngram_len: int = 0, ngram_conf: float = 0.0, k_limit: int | None = None, draft_lag: int = 0) -> Choice:
+        """ngram_len: tokens the context lookup could propose now (0: no match); k_limit: room left;
+        draft_lag: tokens the draft model would have to catch up on before it could draft."""
         k_max = min(self.k_max, k_limit) if k_limit is not None else self.k_max
         none = Choice(Drafter.NONE, 0)
         if self.mode is Mode.PLAIN or k_max <= 0:
@@ -233,7 +283,9 @@ class Controller:
         plain = 1.0 / self.costs.verify_cost(1)
         options: list[tuple[float, Choice]] = []
         if self.uses(Drafter.MODEL) and self.costs.draft_token is not None:
-            options.append(self._best_k(Drafter.MODEL, [self.model_rate] * k_max, self.costs.draft_token))
+            # Catching up is paid once and then serves the steps after it: charged over CATCH_UP_STEPS.
+            fixed = self.costs.catch_up_cost(draft_lag - 1) / CATCH_UP_STEPS if draft_lag > 2 else 0.0
+            options.append(self._best_k(Drafter.MODEL, [self.model_rate] * k_max, self.costs.draft_cost(), fixed))
         if self.uses(Drafter.NGRAM) and ngram_len:
             # Per position: the i-th drafted token extends the match to ngram_conf + i tokens.
             n = min(ngram_len, k_max)
@@ -241,14 +293,15 @@ class Controller:
         if not options:
             return none
         if self.mode is Mode.AUTO and self.since_plain >= self.probe_every:
+            self._probing = True
             return none
         rate, choice = max(options, key=lambda o: o[0])
         if self.mode is Mode.AUTO and rate < plain * (1 + self.margin):
             return none
         return choice
 
-    def _best_k(self, drafter: Drafter, accept: list[float], per_token: float) -> tuple[float, Choice]:
-        fixed = self.costs.ngram_lookup if drafter == Drafter.NGRAM else 0.0
+    def _best_k(self, drafter: Drafter, accept: list[float], per_token: float, fixed: float = 0.0) -> tuple[float, Choice]:
+        fixed += self.costs.ngram_lookup if drafter == Drafter.NGRAM else 0.0
         best = (0.0, Choice(drafter, 1))
         for k in range(1, len(accept) + 1):
             rate = expected_tokens(accept[:k]) / (fixed + k * per_token + self.costs.verify_cost(k + 1))
@@ -271,7 +324,7 @@ class Controller:
             p_all = 1.0
             for c in conf:
                 p_all *= self.model_acc.p(c)
-            extra = self.costs.draft_token + self.costs.verify_cost(i + 2) - self.costs.verify_cost(i + 1)
+            extra = self.costs.draft_cost() + self.costs.verify_cost(i + 2) - self.costs.verify_cost(i + 1)
             return p_all * self.model_rate > extra / per_plain
 
         return more
@@ -279,7 +332,14 @@ class Controller:
     # ------------------------------------------------------------------ learning
     def update(self, drafter: Drafter, confidence: Sequence[float], accepted: int, t_draft: float, t_verify: float) -> None:
         n = len(confidence)
-        self.since_plain = 0 if n == 0 else self.since_plain + 1
+        if n == 0:
+            if self._probing:  # the periodic check of the one-token cost: did it agree?
+                agrees = abs(t_verify / self.costs.verify_cost(1) - 1) < 0.15
+                self.probe_every = min(256, 2 * self.probe_every) if agrees else 16
+                self._probing = False
+            self.since_plain = 0
+        else:
+            self.since_plain += 1
         self.costs.observe_verify(n + 1, t_verify)
         if drafter == Drafter.MODEL and n:
             self.costs.observe_draft(t_draft / n)
@@ -290,8 +350,11 @@ class Controller:
             self.drafted += n
             self.accepted += accepted
 
+    def observe_catch_up(self, lag: int, seconds: float) -> None:
+        self.costs.observe_catch_up(lag, seconds)
+
     def observe_lookups(self, outcomes: Sequence[tuple[Sequence[float], int]]) -> None:
-        """N-gram acceptance is learnt from every settled lookup, drafted or not (NgramDrafter.outcomes):
+        """Context-draft acceptance is learnt from every settled lookup, drafted or not (ContextDrafter.outcomes):
         no exploration needed, and a drafted lookup is counted once, here."""
         for confidence, matched in outcomes:
             self.ngram_acc.update(confidence, matched)
@@ -301,5 +364,5 @@ class Controller:
         if not self.warned and self.drafted >= 32 and self.accepted / self.drafted < 0.3:
             self.warned = True
             return (f"acceptance is {100 * self.accepted / self.drafted:.0f}% over {self.drafted} drafted tokens: "
-                    "the draft is not helping (try --draft-mode auto or none)")
+                    "the draft is not helping (try --draft-mode auto or plain)")
         return None

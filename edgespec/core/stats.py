@@ -30,13 +30,21 @@ class Stats:
     draft_steps: int = 0  # of those, the ones that verified a draft
     t_prefill: float = 0.0
     t_decode: float = 0.0
+    t_lookup: float = 0.0  # of t_decode: the context index (lookups and their settling)
+    t_first_step: float = 0.0  # the first decode step of each generation (it emits the first token)
+    generations: int = 0
     accepted_hist: dict[int, int] = field(default_factory=dict)  # accepted drafts per step -> steps
     k_hist: dict[int, int] = field(default_factory=dict)  # drafted tokens per step -> steps
     drafter_steps: dict[str, int] = field(default_factory=dict)  # drafter -> steps
 
+    def __post_init__(self) -> None:
+        self._first = False  # the next decode step is a generation's first
+
     def add(self, s) -> None:
         """Count one engine Step."""
         if s.phase == Phase.PREFILL:
+            self.generations += 1
+            self._first = True
             self.prompt_tokens += s.prompt
             self.cached_tokens += s.cached
             self.prefill_tokens += s.prefill
@@ -44,11 +52,15 @@ class Stats:
             return
         if not s.tokens:
             return
+        if self._first:
+            self.t_first_step += s.t_draft + s.t_verify
+            self._first = False
         self.generated += len(s.tokens)
         self.steps += 1
         _bump(self.k_hist, s.drafted)
         _bump(self.drafter_steps, str(s.drafter if s.drafted else Drafter.NONE))
         self.t_decode += s.t_draft + s.t_verify
+        self.t_lookup += s.t_lookup
         if s.drafted:
             self.draft_steps += 1
             self.drafted += s.drafted
@@ -98,8 +110,10 @@ class Stats:
             "tokens_per_target_pass": round(self.generated / self.steps, 3) if self.steps else 0.0,
             "prefill_s": round(self.t_prefill, 5),
             "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 2),
+            "time_to_first_token_s": round((self.t_prefill + self.t_first_step) / max(self.generations, 1), 5),
             "decode_s": round(self.t_decode, 5),
             "decode_tokens_per_s": round(self.tokens_per_s, 3),
+            "lookup_us_per_step": round(1e6 * self.t_lookup / self.steps, 1) if self.steps else 0.0,
             "accepted_histogram": {str(k): v for k, v in sorted(self.accepted_hist.items())},
             "k_histogram": {str(k): v for k, v in sorted(self.k_hist.items())},
             "drafter_steps": dict(sorted(self.drafter_steps.items())),

@@ -174,7 +174,7 @@ def plan(
     acceptance: float = DEFAULT_ACCEPTANCE,
     cpu_verify_cost: float | None = None,
     n_ubatch: int = 512,
-    n_outputs: int = 16,
+    n_outputs: int = 65,
     max_ctx: int = DEFAULT_MAX_CTX,
     min_ctx: int = MIN_CTX,
     system: SystemMemory | None = None,

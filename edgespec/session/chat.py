@@ -18,6 +18,7 @@ from edgespec.core.engine import Step
 from edgespec.core.kinds import Drafter, Finish, Mode, Phase
 from edgespec.core.prefix import common_prefix
 from edgespec.core.stats import Stats
+from edgespec.core.suffix import SuffixIndex
 from edgespec.errors import ContextOverflowError, EdgespecError, UsageError
 from edgespec.session import runner
 from edgespec.session.conversation import Conversation, message
@@ -105,6 +106,7 @@ class Session:
         self.total = Stats()
         self.on_calibrate = on_calibrate
         self._controller = None
+        self.context = SuffixIndex()  # what context drafts come from: the whole conversation, indexed once
 
     def controller(self):
         """The speculation controller, kept across turns so that what it learns carries over.
@@ -172,7 +174,8 @@ class Session:
             chars.add(step)
 
         reply = runner.Reply()
-        pieces = runner.stream(self.target, self.draft, prompt, self.gen, reply, controller, on_step=on_step)
+        pieces = runner.stream(self.target, self.draft, prompt, self.gen, reply, controller, on_step=on_step,
+                               context=self.context)
         try:
             for piece in pieces:
                 if on_piece is not None:

@@ -70,13 +70,14 @@ def render(model: Model, messages: list[dict], add_generation_prompt: bool = Tru
                                      template=None if model.chat_template() else CHATML)
 
 
-def prompt_tokens(model: Model, prompt: str, *, system: str | None = None, raw: bool = False) -> list[int]:
-    """The token ids for a user prompt: through the chat template unless raw."""
+def prompt_tokens(model: Model, prompt: str, *, system: str | None = None, raw: bool = False,
+                  turns: list[dict] | tuple = ()) -> list[int]:
+    """The token ids for a user prompt (after earlier `turns`, if any): through the chat template unless raw."""
     if not prompt.strip():
         raise UsageError("the prompt is empty", "give the text to send to the model")
     if raw:
         return model.tokenize(prompt)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = ([{"role": "system", "content": system}] if system else []) + list(turns) + [{"role": "user", "content": prompt}]
     return model.tokenize_prompt(render(model, messages))
 
 

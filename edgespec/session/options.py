@@ -52,7 +52,7 @@ class GenOptions:
 
     mode: Mode = Mode.AUTO
     k: int | None = None
-    k_max: int = 16
+    k_max: int = 64
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = 256
     seed: int | None = None

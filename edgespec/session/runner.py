@@ -14,6 +14,7 @@ from edgespec.core.engine import Step, generate
 from edgespec.core.kinds import Finish, Mode
 from edgespec.core.policy import Controller, Costs
 from edgespec.core.stats import Stats
+from edgespec.core.suffix import OutputMemory, SuffixIndex
 from edgespec.machine import calibrate
 from edgespec.session.options import GenOptions
 from edgespec.text import TextStream
@@ -43,19 +44,26 @@ def make_controller(target, draft, opts: GenOptions, on_calibrate: Callable[[], 
 
 def stream(
     target, draft, tokens: list[int], opts: GenOptions, reply: Reply, controller: Controller | None = None,
-    on_step: Callable[[Step], None] | None = None,
+    on_step: Callable[[Step], None] | None = None, context: SuffixIndex | None = None,
+    memory: OutputMemory | None = None,
 ) -> Iterator[str]:
     """Yield printable text as it is produced; `reply` collects text, tokens, stats and finish reason.
 
     If the consumer stops early (Ctrl-C, a client gone), `reply` still holds everything shown so far.
-    Pass the same controller across calls (chat turns) to keep what it learned; `on_step` sees each
-    engine step as it is counted.
+    Pass the same controller across calls (chat turns) to keep what it learned, and the same context
+    index to keep what was indexed (a conversation's earlier turns); `on_step` sees each engine step
+    as it is counted.
     """
     ctl = controller or make_controller(target, draft, opts)
+    if opts.seed is not None and not opts.sampling.greedy:
+        # Speculative sampling draws as many uniforms as it drafts: for the same seed to give the same
+        # reply, draft lengths must not depend on how long steps happened to take.
+        ctl.costs.frozen = True
     text = TextStream(target.piece, opts.stop)
     steps = generate(
         target, draft, tokens, sampling=opts.sampling, max_tokens=opts.max_tokens, seed=opts.seed,
-        suppress=target.eog_tokens if opts.ignore_eos else (), controller=ctl,
+        suppress=target.eog_tokens if opts.ignore_eos else (), controller=ctl, context=context,
+        memory=memory,
     )
     try:
         for step in steps:
