@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from edgespec import __version__
-from edgespec.commands import bench, calibrate, chat, models, run
+from edgespec.commands import bench, calibrate, chat, models, run, serve
 from edgespec.commands import plan as plan_cmd
 from edgespec.commands.options import err
 from edgespec.errors import EdgespecError
@@ -27,6 +27,7 @@ app.add_typer(models.app, name="models")
 app.command("plan")(plan_cmd.plan)
 app.command("calibrate")(calibrate.calibrate)
 app.command("bench")(bench.bench)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

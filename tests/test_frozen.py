@@ -131,6 +131,48 @@ def test_cpu_probe_child_runs_from_the_executable(exe, env, tmp_path):
 
 
 @slow
+def test_serve_from_the_executable(exe, env, tmp_path, tiny):
+    import signal
+    import threading
+    import urllib.request
+
+    proc = subprocess.Popen([str(exe), "serve", "-m", str(tiny["target"]), "--port", "0", "--ctx", "512"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines, url = [], []
+    found = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on http://" in line:
+                url.append(line.split("listening on ", 1)[1].split()[0])
+                found.set()
+        found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert found.wait(120) and url, "".join(lines)
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(url[0] + "/health", timeout=5) as r:
+                    if json.loads(r.read())["status"] == "ready":
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        body = json.dumps({"model": "target", "prompt": "Hello", "max_tokens": 8, "temperature": 0}).encode()
+        req = urllib.request.Request(url[0] + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            out = json.loads(r.read())
+        assert out["usage"]["completion_tokens"] == 8 and out["object"] == "text_completion"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, "".join(lines)
+    assert not any(bad in "".join(lines) for bad in BAD_STDERR), "".join(lines)
+
+
+@slow
 def test_errors_are_one_line(exe, env, tmp_path):
     proc = run(exe, ["run", "--target", tmp_path / "nope.gguf", "hi"], env, tmp_path)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

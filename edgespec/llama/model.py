@@ -305,6 +305,25 @@ class Model:
     def reset(self) -> None:
         self.rollback(0)
 
+    # --------------------------------------------------------------- saved state
+    def save_state(self) -> "ctypes.Array":
+        """A copy of this context's KV cache (its one sequence), to restore later with restore_state."""
+        n = int(lc.llama_state_seq_get_size(self._ctx, 0))
+        buf = (ctypes.c_uint8 * max(n, 1))()
+        got = int(lc.llama_state_seq_get_data(self._ctx, buf, n, 0)) if n else 0
+        if got != n:
+            raise EdgespecError(f"llama.cpp saved {got} of {n} bytes of the KV cache of {self.path.name}")
+        return buf
+
+    def restore_state(self, tokens: Sequence[int], state: "ctypes.Array") -> None:
+        """Make the KV cache hold `tokens` again, from a state saved when it held them."""
+        lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
+        self.tokens = []
+        if len(tokens):
+            if not lc.llama_state_seq_set_data(self._ctx, state, len(state), 0):
+                raise EdgespecError(f"llama.cpp could not restore a saved KV cache into {self.path.name}")
+            self.tokens = list(tokens)
+
     # ---------------------------------------------------------------- tokenizer
     # What pairing compares (edgespec.llama.pairing), the same names as a GGUF header's.
     @property

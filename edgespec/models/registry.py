@@ -279,14 +279,15 @@ class Resolved:
     draft: Path | None
     k: int | None  # the pair's recommended k, when a pair was used
     missing: tuple[ModelEntry, ...]  # registry models that still have to be pulled
+    pair: str | None = None  # the pair's name, when a pair was used
 
 
 def resolve(reg: Registry, pair: str | None, target: str | None, draft: str | None) -> Resolved:
     """Turn --pair/--target/--draft into file paths; names are looked up, paths are taken as they are."""
-    k = None
+    k, pair_name = None, None
     if target is None:
         p = reg.pair(pair)
-        target, k = p.target, p.k
+        target, k, pair_name = p.target, p.k, p.name
         draft = draft or p.draft
     elif pair is not None:
         raise UsageError("give either --pair or --target, not both")
@@ -302,4 +303,4 @@ def resolve(reg: Registry, pair: str | None, target: str | None, draft: str | No
             if not entry.path and not is_cached(entry) and entry not in missing:
                 missing.append(entry)
             paths.append(path)
-    return Resolved(paths[0], paths[1], k, tuple(missing))
+    return Resolved(paths[0], paths[1], k, tuple(missing), pair_name)
