@@ -233,7 +233,7 @@ class LlamaCpp:
         return m.group(1).strip() if m else None
 
     def command(self, target: str, draft: str | None, prompt_file: str, k: int | None, max_tokens: int, seed: int,
-                spec: str = "draft-simple") -> list[str]:
+                spec: str = "draft-simple", n_prompt: int = 0) -> list[str]:
         """The command line for one prompt: the draft model at draft length k (spec draft-simple), or
         llama.cpp's own context drafting (ngram-mod, ngram-map-k) at its defaults."""
         sp, ld = self.sampling, self.load
@@ -247,8 +247,8 @@ class LlamaCpp:
             if "--spec-type" not in self.help or spec not in self.help:
                 raise UsageError(f"{self.binary.name} has no --spec-type {spec}", "build it from a llama.cpp that has it (scripts/build_llama_cpp_tools.sh)")
             cmd += ["--spec-type", spec]
-        if ld.n_batch:
-            cmd += ["-b", str(ld.n_batch), "-ub", str(ld.n_batch)]
+        if ld.n_batch:  # it decodes the whole prompt in one batch: -b must hold it (-ub stays edgespec's)
+            cmd += ["-b", str(max(ld.n_batch, n_prompt + 8)), "-ub", str(ld.n_batch)]
         if (ld.type_k, ld.type_v) != ("f16", "f16"):  # the memory planner chose a quantised KV cache
             cmd += ["-ctk", ld.type_k, "-ctv", ld.type_v]
             if "--cache-type-k-draft" in self.help:
@@ -276,7 +276,8 @@ class LlamaCpp:
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
                 f.write(rendered + "\n")  # llama.cpp's -f drops one trailing newline; the template's own stays
-            cmd = self.command(str(target.path), str(draft.path) if draft is not None else None, path, run.k, max_tokens, seed, spec)
+            cmd = self.command(str(target.path), str(draft.path) if draft is not None else None, path, run.k, max_tokens, seed,
+                               spec, n_prompt=len(tokens))
             self.last_command = cmd
             t0 = time.perf_counter()
             try:

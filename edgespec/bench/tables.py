@@ -39,6 +39,12 @@ def _drafting(steps: dict) -> str:
     return " · ".join(parts) or "none"
 
 
+def _llama_drafting(e: dict) -> str:
+    if e["mode"].startswith("llama.cpp-ngram"):
+        return e["mode"][len("llama.cpp-"):] + " (its defaults)"
+    return f"model (k={e['k']})"
+
+
 def _speed_cell(c: dict) -> str:
     if not c or c.get("geomean") is None:
         return "-"
@@ -78,7 +84,7 @@ def tables(doc: dict, details: bool = False) -> list:
             _fmt(e["prefill_tokens_per_s_median"], ".0f"),
             "-" if plain or not e["drafted"] else f"{100 * e['acceptance_rate']:.0f}%",
             "-" if plain or not e["drafted"] else _fmt(e["mean_accepted_length"]),
-            _drafting(e["drafter_steps"]) if not e["mode"].startswith("llama.cpp") else f"model (k={e['k']})",
+            _drafting(e["drafter_steps"]) if not e["mode"].startswith("llama.cpp") else _llama_drafting(e),
             _match_cell(e["matches"], greedy, e["mode"]), _bytes(e["peak_rss_bytes"]),
         )
     out = [t]
@@ -128,5 +134,6 @@ def footnote(doc: dict) -> str:
         lines.append(f"[yellow]the machine was busy before the benchmark started (load average {busy[0]:.1f} on {cores} "
                      f"cores): expect noisy timings[/]")
     if any(m.startswith("llama.cpp") for m in s["modes"]):
-        lines.append("llama.cpp-spec rows: llama.cpp's llama-speculative-simple, timed by its own report, one process per prompt.")
+        lines.append("llama.cpp rows: llama.cpp's llama-speculative-simple (the draft model, or its own n-gram drafting), "
+                     "timed by its own report, one process per prompt.")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ def bench(
     modes: Annotated[Optional[List[str]], typer.Option(
         "--modes", metavar="MODES", show_default=False,
         help="Modes, comma-separated or repeated: plain, model-kN, model (k chosen per step), ngram, ngram-kN, auto, "
-             "llama.cpp-spec, llama.cpp-spec-kN. plain is always run (added first if missing) "
+             "llama.cpp-spec, llama.cpp-spec-kN, llama.cpp-ngram-mod, llama.cpp-ngram-map-k (these need --llama-cpp-bin). plain is always run (added first if missing) "
              "(default: plain,model-k2,model-k4,model-k6,ngram,auto).",
     )] = None,
     repeats: Annotated[Optional[int], typer.Option("--repeats", "-r", min=1, show_default=False, help="Measured passes over the suite (default: 1).")] = None,

@@ -49,14 +49,7 @@ class SuffixIndex:
     def _append(self, c: int) -> None:
         nxt, link, length = self.next, self.link, self.length
         # The matcher first reads c against the text so far: what it finds occurred before this token.
-        s, n = self.match_state, self.match_len
-        while s and c not in nxt[s]:
-            s = link[s]
-            n = length[s]
-        if c in nxt[s]:
-            s, n = nxt[s][c], n + 1
-        else:
-            s, n = 0, 0
+        s, n = _match_step(nxt, link, length, self.match_state, self.match_len, c)
         pos = len(self.tokens)
         self.tokens.append(c)
         cur = self._new(length[self._last] + 1, pos)
@@ -119,6 +112,16 @@ class SuffixIndex:
         return walk(self, self.match_state, k, min_share)
 
 
+def _match_step(nxt, link, length, s: int, n: int, c: int) -> tuple[int, int]:
+    """Matching statistics: from the state of the longest match so far (length n), read token c."""
+    while s and c not in nxt[s]:
+        s = link[s]
+        n = length[s]
+    if c in nxt[s]:
+        return nxt[s][c], n + 1
+    return 0, 0
+
+
 def walk(index: SuffixIndex, s: int, k: int, min_share: float) -> tuple[list[int], list[float]]:
     """The most frequent continuation from state s, token by token (see SuffixIndex.continuation)."""
     out: list[int] = []
@@ -157,14 +160,7 @@ class Matcher:
         nxt, link, length = self.index.next, self.index.link, self.index.length
         s, n = self.state, self.length
         for c in tokens:
-            c = int(c)
-            while s and c not in nxt[s]:
-                s = link[s]
-                n = length[s]
-            if c in nxt[s]:
-                s, n = nxt[s][c], n + 1
-            else:
-                s, n = 0, 0
+            s, n = _match_step(nxt, link, length, s, n, int(c))
         self.state, self.length = s, n
         self.fed += len(tokens)
 
