@@ -37,3 +37,8 @@ class UsageError(EdgespecError):
 
 class RollbackError(EdgespecError):
     """A model's cache could not drop rejected tokens (recurrent and hybrid models keep a state)."""
+
+
+class Interrupted(Exception):
+    """A long evaluation stopped between batches because its owner asked (Model.should_stop): a
+    server's client went away during the prompt. Not an error of the user's."""

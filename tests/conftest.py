@@ -16,7 +16,7 @@ import tiny_models  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """Paths of the tiny models: target, draft (perturbed), self_draft, other_vocab, wide_target + narrow_draft,
-    mamba (recurrent), truncated, not_gguf."""
+    mamba (recurrent), strict_template (refuses a system message), truncated, not_gguf."""
     return tiny_models.build_set(tmp_path_factory.mktemp("tiny"))
 
 

@@ -350,6 +350,29 @@ def test_tiny_gguf_pair_with_vocabularies_of_different_size(load):
 
 
 # ------------------------------------------------------------------------ models that cannot roll back
+def test_a_long_evaluation_stops_between_batches_when_asked(load):
+    """What a server's cancelled request needs during a long prompt: the evaluation ends at a batch
+    boundary, the cache holding exactly the batches done, and the model stays usable."""
+    from edgespec.errors import Interrupted
+
+    m = load("target", n_batch=16)
+    asked = []
+
+    def stop() -> bool:  # no at the first batch boundary, yes at the second
+        asked.append(len(m.tokens))
+        return len(asked) == 2
+
+    m.should_stop = stop
+    prompt = [5 + i % 200 for i in range(50)]
+    with pytest.raises(Interrupted):
+        m.eval(prompt, logits="none")
+    assert asked == [16, 32] and m.tokens == prompt[:32]  # two batches of 16 done, asked before each next one
+    m.should_stop = None
+    rows = m.advance_to(prompt, logits="last")  # only the rest is evaluated
+    assert m.n_past == 50 and rows.shape == (1, m.n_vocab)
+    assert m.state_size() == len(m.save_state())
+
+
 def test_recurrent_model_cannot_drop_a_tail(load):
     from edgespec.errors import RollbackError
 

@@ -63,6 +63,19 @@ def test_costs_interpolate_and_extrapolate():
     assert c.verify_cost(10) == pytest.approx(5.5)
 
 
+def test_costs_below_the_smallest_size_measured_take_its_cost():
+    assert Costs({2: 0.01, 4: 0.02}).verify_cost(1) == pytest.approx(0.01)
+
+
+def test_acceptance_buckets_are_the_last_lower_bound_at_or_below():
+    from edgespec.core.policy import NGRAM_EDGES, NGRAM_PRIOR, Acceptance
+
+    acc = Acceptance(edges=NGRAM_EDGES, prior=NGRAM_PRIOR)
+    for conf in [0, 1, 2, 2.5, 3, 5, 63, 64, 200, 999, 1000, 1002, 1003, 1064, 5000, -1]:
+        linear = max([i for i, e in enumerate(NGRAM_EDGES) if conf >= e], default=0)
+        assert acc.bucket(conf) == linear, conf
+
+
 def test_a_machine_that_slows_down_slows_every_batch_size():
     """Only one size is observed (plain steps), 20% slower than calibrated: every size's cost follows,
     so the ratios that decide whether to draft stay as measured."""
@@ -361,6 +374,28 @@ def test_earlier_outputs_draft_where_the_text_itself_cannot():
     # a separator ends every remembered text: nothing is drafted across it
     cont, _ = ContextDrafter(memory=memory).lookup([1] + reply[-4:], 16)
     assert cont == []
+
+
+def test_a_remembered_reply_that_ends_there_leaves_the_texts_own_match():
+    """The memory matches the text's end better but has nothing after it (that reply ended): the
+    text's own index, with a shorter match that does go on, drafts instead."""
+    from edgespec.core.suffix import OutputMemory
+
+    memory = OutputMemory()
+    memory.add([1, 2, 3, 4, 5])
+    history = [9, 2, 3, 4, 5, 7, 8, 1, 2, 3, 4, 5]
+    cont, match = ContextDrafter(memory=memory).lookup(history, 4)
+    assert cont == [7, 8, 1, 2] and match == 4
+
+
+def test_one_reply_longer_than_half_the_bound_keeps_its_end():
+    from edgespec.core.suffix import OutputMemory
+
+    memory = OutputMemory(limit=100)
+    for n, base in ((30, 1000), (60, 2000), (55, 3000)):
+        memory.add(list(range(base, base + n)))
+    assert memory.texts and memory.texts[-1] == list(range(3006, 3055))
+    assert 0 < len(memory.index) <= 100
 
 
 def test_output_memory_is_bounded():

@@ -125,6 +125,7 @@ def test_stream_has_the_openai_shape(server):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finals) == 1 and chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+    assert all(c.usage is None for c in chunks[:-1])
     # and the raw bytes: events, then [DONE]
     with httpx.stream("POST", server.base + "/chat/completions", timeout=60,
                       json={"model": "target", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}) as r:
@@ -132,6 +133,12 @@ def test_stream_has_the_openai_shape(server):
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
     assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+    assert all("usage" not in json.loads(e[6:]) for e in events[:-1])  # not asked for: no usage field at all
+    with httpx.stream("POST", server.base + "/chat/completions", timeout=60,
+                      json={"model": "target", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True,
+                            "stream_options": {"include_usage": True}}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line and line != "data: [DONE]"]
+    assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] > 0  # as OpenAI sends them
 
 
 def test_completions_sync_and_async_equal_run_raw(server, tiny, env):
@@ -247,6 +254,71 @@ def _metric(server, name) -> float:
     return 0.0
 
 
+LONG = {"model": "target", "messages": [{"role": "user", "content": "long"}], "max_tokens": 1900}  # the tiny model never stops on it
+
+
+@pytest.fixture(scope="module")
+def wide(tiny, env):
+    """A server with a context for 1900-token replies (a few seconds of work for the tiny model) and a
+    short queue time limit."""
+    s = start(tiny, env, "--ctx", "2048", "--queue-timeout", "0.5", draft=False)
+    yield s
+    assert s.stop() == 0, "\n".join(s.lines)
+
+
+def test_a_non_streamed_client_that_hangs_up_frees_the_models(wide):
+    before = _metric(wide, "edgespec_cancelled_generations_total")
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(wide.base + "/chat/completions", json=LONG, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.monotonic() + 20
+    while _metric(wide, "edgespec_cancelled_generations_total") <= before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _metric(wide, "edgespec_cancelled_generations_total") == before + 1
+    r = wide.client().chat.completions.create(model="target", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert r.choices[0].message.content is not None
+
+
+def test_the_queue_time_limit_holds_while_a_request_waits(wide):
+    """A request queued behind a long one gets its 503 once it has waited --queue-timeout, not when
+    the long one is done."""
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, wide.base + "/chat/completions", json=LONG, timeout=120)
+        time.sleep(0.3)  # the long one is generating
+        r = httpx.post(wide.base + "/chat/completions", timeout=60,
+                       json={"model": "target", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True})
+        still_running = not first.done()
+        assert first.result().status_code == 200
+    assert r.status_code == 503 and r.json()["error"]["code"] == "queue_timeout" and r.headers.get("retry-after")
+    assert still_running  # refused while the long one was still going
+
+
+def test_a_generation_time_limit_ends_the_reply_cleanly(tiny, env):
+    """Past --timeout the reply ends with finish_reason length: every token counted is in the text
+    (it equals `edgespec run` for that many tokens), and the time spent queued does not count."""
+    plain = ["--ctx", "2048", "--draft-mode", "plain"]  # one batch composition in both: the same tokens
+    s = start(tiny, env, *plain, "--timeout", "0.5", draft=False)
+    try:
+        r = s.client().chat.completions.create(model="target", messages=LONG["messages"], max_tokens=1900, temperature=0)
+        n = r.usage.completion_tokens
+        assert r.choices[0].finish_reason == "length" and 0 < n < 1900
+        expected = run_cli(["-m", tiny["target"], *plain, "-n", n, "--temp", "0", LONG["messages"][0]["content"]], env)
+        assert r.choices[0].message.content == expected
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_template_that_refuses_the_messages_is_a_400(tiny, env):
+    s = Server(["-m", tiny["strict_template"], "--ctx", "1024"], env)
+    try:
+        r = _post(s, "/chat/completions", json_body={"model": "strict_template", "messages": [
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and "System role not supported" in r.json()["error"]["message"], r.text
+        ok = s.client().chat.completions.create(model="strict_template", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert ok.choices[0].message.content is not None
+    finally:
+        assert s.stop() == 0
+
+
 def test_memory_stays_flat_over_200_requests(server):
     c = server.client()
 
@@ -326,6 +398,17 @@ def test_bad_requests_get_openai_errors(server, case, status, needle):
 def test_the_server_survives_all_of_that(server):
     r = server.client().chat.completions.create(model="target", messages=[{"role": "user", "content": "still there?"}], max_tokens=4)
     assert r.choices[0].message.content is not None
+
+
+def test_metrics_count_answers_by_their_status(server):
+    def count(endpoint, status):
+        return _metric(server, f'edgespec_requests_total{{endpoint="{endpoint}",status="{status}"}}')
+
+    bad, ok, other = count("/v1/chat/completions", "400"), count("/v1/chat/completions", "200"), count("other", "404")
+    _post(server, "/chat/completions", json_body={"model": "target", "messages": []})
+    server.client().chat.completions.create(model="target", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    httpx.get(server.url + "/no/such/path")
+    assert (count("/v1/chat/completions", "400"), count("/v1/chat/completions", "200"), count("other", "404")) == (bad + 1, ok + 1, other + 1)
 
 
 # ------------------------------------------------------------------------------------ own servers

@@ -175,6 +175,10 @@ def build_set(root: Path) -> dict[str, Path]:
     paths["wide_target"] = write_model(root / "wide_target.gguf", ww, wide_tokens, wide_types, name="tiny-wide")
     narrow = {k: (a[: len(tokens)] if k in ("token_embd.weight", "output.weight") else a) for k, a in perturb(ww, 98, 0.02).items()}
     paths["narrow_draft"] = write_model(root / "narrow_draft.gguf", narrow, tokens, types, name="tiny-narrow")
+    # A chat template that refuses a system message, as Gemma's and some Mistral templates do.
+    strict = ("{% for message in messages %}{% if message['role'] == 'system' %}"
+              "{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}" + CHATML)
+    paths["strict_template"] = write_model(root / "strict_template.gguf", tw, tokens, types, chat_template=strict, name="tiny-strict")
     paths["mamba"] = write_mamba(root / "mamba.gguf", tokens, types)
     other_tokens, other_types = byte_vocab(swap=(100, 101))
     paths["other_vocab"] = write_model(root / "other_vocab.gguf", tw, other_tokens, other_types, name="tiny-other")

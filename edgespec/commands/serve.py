@@ -22,8 +22,8 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option("--api-key", help="Require this key (Authorization: Bearer KEY) (default: $EDGESPEC_API_KEY, else none).", show_default=False)] = None,
     cors: Annotated[Optional[List[str]], typer.Option("--cors", metavar="ORIGIN", help="Allow browser requests from this origin (repeatable; '*' for any). Off by default.", show_default=False)] = None,
     queue: Annotated[int, typer.Option("--queue", min=1, help="Requests that may wait while one generates; more get 503 with Retry-After.")] = 16,
-    queue_timeout: Annotated[float, typer.Option("--queue-timeout", min=1, help="Seconds a request may wait in the queue before it gets 503.")] = 300.0,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds one generation may take; then it ends with finish_reason length.")] = 600.0,
+    queue_timeout: Annotated[float, typer.Option("--queue-timeout", min=0.1, help="Seconds a request may wait in the queue before it gets 503.")] = 300.0,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds one generation may take; then it ends with finish_reason length.")] = 600.0,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Tokens per reply when a request gives no max_tokens (capped by the context left).")] = 4096,
     cache_ram: Annotated[str, typer.Option("--cache-ram", help="Host memory for saved conversations' KV caches, e.g. 1GB (0: keep only the live one).")] = "1GB",
     *, models, drafting, load,
@@ -89,9 +89,9 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         loader.join(timeout=1 if state.status == "failed" else None)
-        if state.worker is not None:
-            state.worker.stop()
-        close(loaded.get("target"), loaded.get("draft"))
+        # Free the models only once the worker is out of llama.cpp (it stops between batches).
+        if state.worker is None or state.worker.stop():
+            close(loaded.get("target"), loaded.get("draft"))
     if "error" in loaded:
         e = loaded["error"]
         raise e if isinstance(e, (EdgespecError, KeyboardInterrupt)) else EdgespecError(f"loading failed: {state.error}")

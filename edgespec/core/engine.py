@@ -126,7 +126,7 @@ def generate(
         n_gram, conf = ngram.peek(history, limit) if ctl.uses(Drafter.NGRAM) else (0, 0.0)
         t_lookup = clock() - t0
         choice = ctl.choose(n_gram, conf, limit, draft_lag=len(history) - len(draft.tokens) if model else 0)
-        d, catch_up = Draft(), 0.0
+        d, catch_up, t_propose = Draft(), 0.0, 0.0
         if choice.k > 0:
             if choice.drafter == Drafter.MODEL and len(history) - len(draft.tokens) > 2:
                 # The draft model sat out earlier steps: bring its cache up to date, timed apart so the
@@ -135,7 +135,9 @@ def generate(
                 draft.advance_to(history[:-1])
                 catch_up = clock() - tc
                 ctl.observe_catch_up(lag, catch_up)
+            tp = clock()
             d = drafters[choice.drafter].propose(history, choice.k, sampling, rng, q, ctl.keep_going(choice.drafter))
+            t_propose = clock() - tp  # the drafting alone: not the lookup, the choice or the catch-up
         drafts = np.asarray(d.tokens, dtype=np.int32)
         t1 = clock()
 
@@ -154,7 +156,7 @@ def generate(
         if model:
             model.rollback(len(history) + n_acc)
         t2 = clock()
-        ctl.update(choice.drafter, d.confidence, n_acc, t1 - t0 - catch_up, t2 - t1)
+        ctl.update(choice.drafter, d.confidence, n_acc, t_propose, t2 - t1)
 
         finish = None
         for i, t in enumerate(new):

@@ -13,6 +13,7 @@ measured (edgespec.machine.calibrate) and refreshed from the real step timings.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -55,20 +56,27 @@ class Costs:
     catch_up_token: float | None = None
     frozen: bool = False  # no refresh from real steps: choices then depend on nothing timed (seeded sampling)
     _ratios: list[float] = field(default_factory=list, repr=False)
+    _sizes: list[int] = field(default_factory=list, repr=False, compare=False)
 
     def shape(self, n: int) -> float:
         """The measured curve: linear interpolation between sizes, linear extrapolation past the last one."""
-        if n in self.verify:
-            return self.verify[n]
-        sizes = sorted(self.verify)
-        lo = max((s for s in sizes if s < n), default=sizes[0])
-        hi = min((s for s in sizes if s > n), default=None)
-        if hi is None:
-            prev = max((s for s in sizes if s < lo), default=None)
-            slope = (self.verify[lo] - self.verify[prev]) / (lo - prev) if prev else self.verify[lo] / lo
-            return self.verify[lo] + slope * (n - lo)
+        v = self.verify
+        if n in v:
+            return v[n]
+        if len(self._sizes) != len(v):  # sizes are only ever added (a refreshed batch size new to the curve)
+            self._sizes = sorted(v)
+        sizes = self._sizes
+        i = bisect.bisect_left(sizes, n)  # sizes[i - 1] < n < sizes[i]
+        if i == 0:  # below the smallest size measured: that one's cost
+            return v[sizes[0]]
+        lo = sizes[i - 1]
+        if i == len(sizes):
+            prev = sizes[i - 2] if i >= 2 else None
+            slope = (v[lo] - v[prev]) / (lo - prev) if prev else v[lo] / lo
+            return v[lo] + slope * (n - lo)
+        hi = sizes[i]
         w = (n - lo) / (hi - lo)
-        return self.verify[lo] * (1 - w) + self.verify[hi] * w
+        return v[lo] * (1 - w) + v[hi] * w
 
     def verify_cost(self, n: int) -> float:
         return self.scale * self.shape(n)
@@ -127,11 +135,8 @@ class Acceptance:
         self.tries = self.tries or [0.0] * len(self.edges)
 
     def bucket(self, conf: float) -> int:
-        b = 0
-        for i, e in enumerate(self.edges):
-            if conf >= e:
-                b = i
-        return b
+        """The last bucket whose lower bound is <= conf (the first for anything below it)."""
+        return max(bisect.bisect_right(self.edges, conf) - 1, 0)
 
     def p(self, conf: float) -> float:
         b = self.bucket(conf)
@@ -303,8 +308,11 @@ class Controller:
     def _best_k(self, drafter: Drafter, accept: list[float], per_token: float, fixed: float = 0.0) -> tuple[float, Choice]:
         fixed += self.costs.ngram_lookup if drafter == Drafter.NGRAM else 0.0
         best = (0.0, Choice(drafter, 1))
-        for k in range(1, len(accept) + 1):
-            rate = expected_tokens(accept[:k]) / (fixed + k * per_token + self.costs.verify_cost(k + 1))
+        tokens, run = 1.0, 1.0  # expected_tokens(accept[:k]), kept as k grows
+        for k, a in enumerate(accept, 1):
+            run *= a
+            tokens += run
+            rate = tokens / (fixed + k * per_token + self.costs.verify_cost(k + 1))
             if rate > best[0]:
                 best = (rate, Choice(drafter, k))
         return best

@@ -181,8 +181,8 @@ class OutputMemory:
         tokens = [int(t) for t in tokens]
         if not tokens:
             return
-        self.texts.append(tokens)
-        if len(self.index) + len(tokens) + 1 > self.limit:
+        self.texts.append(tokens[-max(self.limit // 2 - 1, 1):])  # a reply longer than half the bound: its end
+        if len(self.index) + len(self.texts[-1]) + 1 > self.limit:
             kept, total = [], 0
             for t in reversed(self.texts):
                 if total + len(t) + 1 > self.limit // 2:
@@ -194,4 +194,4 @@ class OutputMemory:
             for t in self.texts:
                 self.index.extend(t + [-1])
         else:
-            self.index.extend(tokens + [-1])
+            self.index.extend(self.texts[-1] + [-1])

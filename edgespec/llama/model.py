@@ -11,12 +11,12 @@ import ctypes
 import functools
 import os
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edgespec.core.prefix import common_prefix
-from edgespec.errors import ContextOverflowError, EdgespecError, ModelLoadError, RollbackError
+from edgespec.errors import ContextOverflowError, EdgespecError, Interrupted, ModelLoadError, RollbackError
 from edgespec.llama.gguf_read import check_file as check_gguf
 from edgespec.machine import cpu_paths
 
@@ -172,6 +172,9 @@ class Model:
         self.n_ctx = int(lc.llama_n_ctx(ctx))
         self.tokens: list[int] = []  # what the KV cache holds, position by position
         self.n_evaluated = 0  # tokens pushed through llama_decode by this context, in all
+        # Asked between the batches of a long evaluation (a prompt); True stops it there with Interrupted,
+        # the cache holding the batches done. None: never.
+        self.should_stop: Callable[[], bool] | None = None
 
         # One reusable batch; numpy views over its arrays make filling it cheap.
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -246,6 +249,8 @@ class Model:
             raise ValueError(f"logits for {n} positions exceed the batch size {self.n_batch}")
         toks = np.asarray(tokens, dtype=np.int32)
         for start in range(0, n, self.n_batch):
+            if start and self.should_stop is not None and self.should_stop():
+                raise Interrupted(f"stopped after {start} of {n} tokens")
             chunk = toks[start : start + self.n_batch]
             m = len(chunk)
             self._b_token[:m] = chunk
@@ -306,9 +311,13 @@ class Model:
         self.rollback(0)
 
     # --------------------------------------------------------------- saved state
+    def state_size(self) -> int:
+        """Bytes save_state would copy now."""
+        return int(lc.llama_state_seq_get_size(self._ctx, 0))
+
     def save_state(self) -> "ctypes.Array":
         """A copy of this context's KV cache (its one sequence), to restore later with restore_state."""
-        n = int(lc.llama_state_seq_get_size(self._ctx, 0))
+        n = self.state_size()
         buf = (ctypes.c_uint8 * max(n, 1))()
         got = int(lc.llama_state_seq_get_data(self._ctx, buf, n, 0)) if n else 0
         if got != n:

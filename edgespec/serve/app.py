@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgespec.errors import EdgespecError
 from edgespec.serve import protocol as P
 from edgespec.serve.metrics import CONTENT_TYPE, Metrics
 from edgespec.serve.worker import Job, threadsafe_emitter
@@ -46,8 +47,31 @@ class ServerState:
     ready: threading.Event = field(default_factory=threading.Event)
 
 
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+DISCONNECT_POLL = 0.25  # seconds between checks that a waiting client is still there
+
+
 def _error(e: P.ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class CountResponses:
+    """ASGI middleware: every response counted by endpoint (other paths pooled) and status."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in ROUTES else "other"
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
 
 
 def create_app(state: ServerState, cors: list[str] | None = None) -> FastAPI:
@@ -56,11 +80,16 @@ def create_app(state: ServerState, cors: list[str] | None = None) -> FastAPI:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(CountResponses, metrics=state.metrics)
 
     @app.exception_handler(P.ApiError)
     async def api_error(request: Request, e: P.ApiError):
-        state.metrics.requests.labels(request.url.path, str(e.status)).inc()
         return _error(e)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):  # a bug: still an answer in OpenAI's shape
+        state.metrics.requests.labels(request.url.path if request.url.path in ROUTES else "other", "500").inc()
+        return _error(P.ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
@@ -110,7 +139,7 @@ def create_app(state: ServerState, cors: list[str] | None = None) -> FastAPI:
         if state.status == "failed":
             body["error"] = state.error
         if state.status == "ready":
-            body["queue"] = state.worker.queue.qsize()
+            body["queue"] = state.worker.waiting()
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
     @app.get("/metrics")
@@ -132,7 +161,10 @@ def create_app(state: ServerState, cors: list[str] | None = None) -> FastAPI:
         req = (P.chat_request if kind == "chat" else P.completion_request)(body, state.defaults)
         model = check_model(req.model)
         target = state.target
-        tokens = await run_in_threadpool(_tokens, target, req)
+        try:
+            tokens = await run_in_threadpool(_tokens, target, req)
+        except EdgespecError as e:  # the model's chat template refused these messages
+            raise P.bad(e.message, "messages") from None
         room = target.n_ctx - len(tokens)
         if room < 1:
             raise P.bad(f"the prompt is {len(tokens)} tokens; this model's context holds {target.n_ctx}", "messages",
@@ -144,10 +176,16 @@ def create_app(state: ServerState, cors: list[str] | None = None) -> FastAPI:
         gen = req.gen.replace(max_tokens=max_tokens)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        job = Job(tokens, gen, threadsafe_emitter(loop, q), deadline=time.monotonic() + state.request_timeout)
+        job = Job(tokens, gen, threadsafe_emitter(loop, q), timeout=state.request_timeout)
         state.worker.submit(job)
-        answer = P.Answer(kind, model)
-        state.metrics.requests.labels(request.url.path, "200").inc()
+        try:
+            refused = await _started(request, job, q, state.worker.queue_timeout)
+        except BaseException:  # the handler itself was cancelled
+            job.cancelled.set()
+            raise
+        if refused is not None:
+            return refused
+        answer = P.Answer(kind, model, include_usage=req.stream and req.include_usage)
         if req.stream:
             return StreamingResponse(_events(job, q, answer, req), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -170,18 +208,54 @@ def _tokens(target, req: P.Request) -> list[int]:
     return target.tokenize(req.prompt)
 
 
+async def _next(request: Request, job: Job, q: asyncio.Queue, checked: list[float], until: float | None = None) -> tuple | None:
+    """The job's next event; None once the client has hung up (the job is then cancelled), or
+    ("timeout", None) past `until`. Checks the connection every DISCONNECT_POLL seconds whether or
+    not events arrive."""
+    while True:
+        now = time.monotonic()
+        if until is not None and now > until:
+            return ("timeout", None)
+        if now - checked[0] >= DISCONNECT_POLL:
+            checked[0] = now
+            if await request.is_disconnected():
+                job.cancelled.set()
+                return None
+        try:
+            return await asyncio.wait_for(q.get(), timeout=DISCONNECT_POLL)
+        except asyncio.TimeoutError:
+            continue
+
+
+async def _started(request: Request, job: Job, q: asyncio.Queue, queue_timeout: float) -> Response | None:
+    """Wait in the queue until the worker takes the job: None then, else the answer to send instead
+    (503 past the queue time limit or at shutdown, 499 if the client left). Streamed or not, a request
+    refused before its generation started gets a proper status."""
+    checked = [time.monotonic()]
+    while True:
+        event = await _next(request, job, q, checked, until=job.queued_at + queue_timeout)
+        if event is None:
+            return Response(status_code=499)
+        kind, payload = event
+        if kind == "started":
+            return None
+        if kind == "timeout":
+            job.cancelled.set()
+            return _error(P.ApiError(503, f"the request waited more than {queue_timeout:.0f} s in the queue",
+                                     "server_error", "queue_timeout", headers={"Retry-After": "5"}))
+        if kind == "error":
+            return _error(payload)
+
+
 async def _collect(request: Request, job: Job, q: asyncio.Queue, answer: P.Answer):
     """A non-streamed answer; a client that hangs up cancels the generation."""
-    parts = []
+    parts, checked = [], [time.monotonic()]
     try:
         while True:
-            try:
-                kind, payload = await asyncio.wait_for(q.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled.set()
-                    return Response(status_code=499)
-                continue
+            event = await _next(request, job, q, checked)
+            if event is None:
+                return Response(status_code=499)
+            kind, payload = event
             if kind == "text":
                 parts.append(payload)
             elif kind == "done":

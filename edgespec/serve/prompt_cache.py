@@ -66,6 +66,9 @@ class PromptCache:
         """Save the live context; an entry it extends (the same conversation, earlier) is replaced."""
         if self.budget <= 0 or not target.tokens:
             return
+        size = target.state_size() + (draft.state_size() if draft is not None and draft.tokens else 0)
+        if size > self.budget:  # would not fit: do not copy it at all
+            return
         entry = Entry(list(target.tokens), target.save_state(), used=time.monotonic())
         if draft is not None and draft.tokens:
             entry.draft_tokens, entry.draft_state = list(draft.tokens), draft.save_state()

@@ -194,6 +194,7 @@ class Answer:
 
     kind: str
     model: str
+    include_usage: bool = False  # a stream that ends with a usage chunk: the others then carry "usage": null
     id: str = ""
     created: int = 0
 
@@ -219,7 +220,7 @@ class Answer:
         else:
             choice = {"index": 0, "text": "" if done else text, "logprobs": None,
                       "finish_reason": FINISH.get(finish, "stop") if done else None}
-        return {**self._head(True), "choices": [choice]}
+        return {**self._head(True), "choices": [choice], **({"usage": None} if self.include_usage else {})}
 
     def usage_chunk(self, stats: Stats) -> dict:
         return {**self._head(True), "choices": [], "usage": usage(stats), "edgespec": speculation(stats)}

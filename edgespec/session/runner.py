@@ -44,7 +44,7 @@ def make_controller(target, draft, opts: GenOptions, on_calibrate: Callable[[], 
 
 def stream(
     target, draft, tokens: list[int], opts: GenOptions, reply: Reply, controller: Controller | None = None,
-    on_step: Callable[[Step], None] | None = None, context: SuffixIndex | None = None,
+    on_step: Callable[[Step], Finish | None] | None = None, context: SuffixIndex | None = None,
     memory: OutputMemory | None = None,
 ) -> Iterator[str]:
     """Yield printable text as it is produced; `reply` collects text, tokens, stats and finish reason.
@@ -52,13 +52,14 @@ def stream(
     If the consumer stops early (Ctrl-C, a client gone), `reply` still holds everything shown so far.
     Pass the same controller across calls (chat turns) to keep what it learned, and the same context
     index to keep what was indexed (a conversation's earlier turns); `on_step` sees each engine step
-    as it is counted.
+    as it is counted, and may end the reply after that step's text by returning a finish reason (a
+    time limit); to drop the step instead, it raises.
     """
     ctl = controller or make_controller(target, draft, opts)
-    if opts.seed is not None and not opts.sampling.greedy:
-        # Speculative sampling draws as many uniforms as it drafts: for the same seed to give the same
-        # reply, draft lengths must not depend on how long steps happened to take.
-        ctl.costs.frozen = True
+    # Speculative sampling draws as many uniforms as it drafts: for the same seed to give the same
+    # reply, draft lengths must not depend on how long steps happened to take (set per reply: a chat's
+    # controller serves turns with and without a seed).
+    ctl.costs.frozen = opts.seed is not None and not opts.sampling.greedy
     text = TextStream(target.piece, opts.stop)
     steps = generate(
         target, draft, tokens, sampling=opts.sampling, max_tokens=opts.max_tokens, seed=opts.seed,
@@ -68,8 +69,7 @@ def stream(
     try:
         for step in steps:
             reply.stats.add(step)
-            if on_step is not None:
-                on_step(step)
+            end = on_step(step) if on_step is not None else None
             if step.note:
                 reply.warnings.append(step.note)
             if step.tokens:
@@ -82,6 +82,9 @@ def stream(
                 break
             if step.finish:
                 reply.finish = step.finish
+            if end is not None and not step.finish:
+                reply.finish = end
+                break
         tail = text.flush()
         if tail:
             yield tail
