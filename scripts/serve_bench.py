@@ -1,7 +1,7 @@
 """What the server costs on top of the engine, and a suite through the server as an editor sends it.
 
     python scripts/serve_bench.py overhead [--suite short] [--pair NAME] [--json out.json]
-    python scripts/serve_bench.py suite [--suite edit] [--pair NAME] [--json out.json]
+    python scripts/serve_bench.py suite [--suite edit] [--category C] [--pair NAME] [--json out.json]
 
 `overhead` starts `edgespec serve` and, prompt by prompt, sends the prompt as a streamed chat request
 and runs `edgespec run --json` on it (greedy, the prompt's budget): time to first token and decode
@@ -119,7 +119,7 @@ def overhead(a, env) -> dict:
 def through_server(a, env) -> dict:
     from edgespec.bench import suite as S
 
-    prompts = S.load_suite(name=a.suite)
+    prompts = S.select(S.load_suite(name=a.suite), a.category)
     proc, url = start_server(["--pair", a.pair] if a.pair else [], env)
     rows = []
     try:
@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--suite", default=None)
     ap.add_argument("--pair", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--category", action="append", default=[], help="suite: only these categories")
     a = ap.parse_args()
     a.suite = a.suite or ("short" if a.what == "overhead" else "edit")
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -87,15 +87,35 @@ def test_a_machine_that_slows_down_slows_every_batch_size():
     assert c.draft_cost() == pytest.approx(0.6)
 
 
-def test_a_mismeasured_point_corrects_itself_fast_when_too_slow():
+def test_a_mismeasured_point_corrects_itself_in_a_few_steps():
     c = Costs({1: 1.0, 4: 2.5, 8: 4.5})
-    c.observe_verify(4, 2.5)
-    c.observe_verify(8, 4.5)
-    c.observe_verify(4, 1.5)  # size 4 is cheaper than measured; the other sizes say the machine is not
-    assert c.scale == pytest.approx(1.0)
-    assert c.verify_cost(4) == pytest.approx(2.5 - 0.3 * 1.0)  # believed a lot
-    c.observe_verify(4, 3.5)  # slower: believed a little
-    assert c.verify_cost(4) == pytest.approx(2.2 + 0.03 * 1.3)
+    for _ in range(10):  # the machine runs as calibrated (the scale stays 1) ...
+        c.observe_verify(1, 1.0)
+        c.observe_verify(8, 4.5)
+    for i in range(c.settle):  # ... but size 4 is cheaper than measured
+        assert c.verify_cost(4) == pytest.approx(2.5)  # one step, or four, are not enough to move it
+        c.observe_verify(4, 1.5)
+    assert c.scale == pytest.approx(1.0) and c.verify_cost(4) == pytest.approx(1.5)
+    for _ in range(c.settle):  # and back when it is slow again
+        c.observe_verify(4, 2.5)
+    assert c.verify_cost(4) == pytest.approx(2.5)
+
+
+def test_noisy_steps_of_one_size_leave_the_curve_in_shape():
+    """The drift that stopped all drafting: with noise that only adds time, a correction that
+    believed fast steps more than slow ones walked the one size in use down, step after step, until
+    every batch looked a hundred times dearer than a plain step. Hundreds of noisy plain steps (and
+    of noisy 2-position steps) must leave the ratios between sizes as they were."""
+    rng = np.random.default_rng(0)
+    c = Costs({1: 0.04, 2: 0.076, 16: 0.34, 64: 0.95})
+    for n in (1, 2):
+        for _ in range(600):
+            c.observe_verify(n, 0.04 * (1.9 if n == 2 else 1.0) * (1 + rng.exponential(0.08)))
+        assert c.verify_cost(16) / c.verify_cost(1) == pytest.approx(0.34 / 0.04, rel=0.1)
+        assert c.verify_cost(64) / c.verify_cost(2) == pytest.approx(0.95 / 0.076, rel=0.1)
+    ctl = Controller(c, mode="ngram", has_model=False)
+    ctl.ngram_acc.hits[-12], ctl.ngram_acc.tries[-12] = 990, 1000  # long copies: nearly always right
+    assert ctl.choose(64, 1064).k > 8
 
 
 def test_catching_up_the_draft_model_is_charged():
@@ -457,3 +477,11 @@ def test_lookup_cost_is_reported_per_step():
     for step in generate(BigramLM(table), None, [0, 1, 2, 3, 4, 5, 6, 7, 0, 1], max_tokens=40, controller=ctl):
         stats.add(step)
     assert stats.t_lookup > 0 and 0 < stats.as_dict()["lookup_us_per_step"] < 10_000
+
+
+def test_an_implausible_saved_curve_is_measured_again():
+    from edgespec.machine.calibrate import plausible
+
+    assert plausible({1: 0.04, 2: 0.076, 16: 0.34})
+    assert not plausible({1: 0.06, 2: 1.05, 16: 4.8})  # what the old refresh could leave behind
+    assert not plausible({1: 0.0, 2: 0.07})

@@ -37,8 +37,13 @@ class Costs:
     refresh both: the scale from the median of the last observations' ratios to the curve, whatever
     their size (a machine that slows down slows every batch size alike, so drafting never looks
     cheaper than it is because only the sizes in use were refreshed), and each size's own point only
-    with what is left once the scale is taken out (a mis-measured point corrects itself, fast where
-    it was too slow: on a shared machine noise only ever adds time).
+    with what is left once the scale is taken out, and only while other sizes are being observed too
+    (else nothing tells the point from the scale): where the median of a size's last `settle`
+    residuals says it is off the curve by more than 5%, the point moves there (a mis-measured point
+    corrects itself in a few steps). A median, not a running blend: a blend that believed faster
+    steps more than slower ones (noise only ever adds time) walked the size in use down step after
+    step even on a steady machine, until, after a few hundred plain steps, a 16-position batch looked
+    like 100 single steps and nothing was drafted any more.
     """
 
     verify: dict[int, float]
@@ -48,14 +53,15 @@ class Costs:
     # probability: [hits, tries] each, measured by calibration on a sample text. The acceptance prior.
     draft_agreement: list[list[int]] | None = None
     scale: float = 1.0
-    down: float = 0.3  # how far one observation moves a point of the curve down ...
-    up: float = 0.03  # ... and up
     window: int = 15  # observations the scale's median is taken over
+    settle: int = 5  # a size's own observations its correction waits for
     # Bringing a lagging draft model up to date: seconds per lagging token, in the curve's units
     # (None: not seen yet; estimated from the draft's token cost and the target's batch efficiency).
     catch_up_token: float | None = None
     frozen: bool = False  # no refresh from real steps: choices then depend on nothing timed (seeded sampling)
     _ratios: list[float] = field(default_factory=list, repr=False)
+    _residuals: dict[int, list[float]] = field(default_factory=dict, repr=False)
+    _window_sizes: list[int] = field(default_factory=list, repr=False)
     _sizes: list[int] = field(default_factory=list, repr=False, compare=False)
 
     def shape(self, n: int) -> float:
@@ -93,27 +99,44 @@ class Costs:
             per = self.draft_token * self.shape(min(lag, max(self.verify))) / (self.shape(1) * min(lag, max(self.verify)))
         return self.scale * per * lag
 
-    def _blend(self, old: float, new: float) -> float:
-        return old + (self.down if new < old else self.up) * (new - old)
+    @staticmethod
+    def _median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    def _settle(self, key, old: float, residual: float) -> float:
+        """The value after one more observation `residual` (observed / old): unchanged until `settle`
+        of them agree on a change of more than 5% (their median), then that change."""
+        res = self._residuals.setdefault(key, [])
+        res.append(residual)
+        if len(res) < self.settle:
+            return old
+        m = self._median(res)
+        self._residuals[key] = []
+        return old * m if abs(m - 1) > 0.05 else old
 
     def observe_verify(self, n: int, seconds: float) -> None:
         if seconds <= 0 or self.frozen:
             return
         point = self.shape(n)
         self._ratios = (self._ratios + [seconds / point])[-self.window :]
-        self.scale = sorted(self._ratios)[len(self._ratios) // 2]
-        self.verify[n] = self._blend(point, seconds / self.scale)
+        self._window_sizes = (self._window_sizes + [n])[-self.window :]
+        self.scale = self._median(self._ratios)
+        if len(set(self._window_sizes)) < 2:
+            return  # only this size seen lately: the scale says it all, and nothing says its point is off
+        new = self._settle(n, point, seconds / self.scale / point)
+        if new != point:
+            self.verify[n] = new
 
     def observe_draft(self, per_token: float) -> None:
         if self.frozen:
             return
         new = per_token / self.scale
-        self.draft_token = new if self.draft_token is None else self._blend(self.draft_token, new)
+        self.draft_token = new if self.draft_token is None else self._settle("draft", self.draft_token, new / self.draft_token)
 
     def observe_catch_up(self, lag: int, seconds: float) -> None:
         if lag > 0 and seconds > 0 and not self.frozen:
             new = seconds / self.scale / lag
-            self.catch_up_token = new if self.catch_up_token is None else self._blend(self.catch_up_token, new)
+            self.catch_up_token = new if self.catch_up_token is None else self._settle("catch-up", self.catch_up_token, new / self.catch_up_token)
 
     def snapshot(self) -> dict:
         """The curve at the machine's current speed, to be saved as the new calibration."""

@@ -67,12 +67,21 @@ def _read_all() -> dict:
         return {}
 
 
+def plausible(verify: dict[int, float]) -> bool:
+    """Whether a saved curve can be a machine's: two positions never cost three single steps (a
+    curve refreshed by an earlier edgespec could drift that far; it is measured again)."""
+    one, two = verify.get(1), verify.get(2)
+    return bool(one and one > 0 and (two is None or two <= 3 * one))
+
+
 def load(target, draft) -> Costs | None:
     entry = _read_all().get(_key(target, draft))
     if not entry:
         return None
-    return Costs(verify={int(n): v for n, v in entry["verify"].items()}, draft_token=entry.get("draft_token"),
-                 draft_agreement=entry.get("draft_agreement"))
+    verify = {int(n): v for n, v in entry["verify"].items()}
+    if not plausible(verify):
+        return None
+    return Costs(verify=verify, draft_token=entry.get("draft_token"), draft_agreement=entry.get("draft_agreement"))
 
 
 def save(target, draft, costs: Costs) -> None:

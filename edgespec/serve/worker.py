@@ -59,7 +59,9 @@ class Worker:
     # ------------------------------------------------------------------------------- the queue
     def waiting(self) -> int:
         """Jobs waiting whose client is still there."""
-        return sum(1 for j in list(self.queue.queue) if j is not None and not j.cancelled.is_set())
+        with self.queue.mutex:
+            jobs = list(self.queue.queue)
+        return sum(1 for j in jobs if j is not None and not j.cancelled.is_set())
 
     def submit(self, job: Job) -> None:
         with self._guard:
