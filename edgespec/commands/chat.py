@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,10 @@ def chat(
     gen = GenOptions(mode=drafting.mode, k=drafting.k, k_max=drafting.k_max, sampling=sampling.params, seed=sampling.seed,
                      max_tokens=max_tokens, stop=tuple(stop or ()), ignore_eos=ignore_eos)
     gen.check_draft(models.has_draft)
+    if sys.stdin.isatty() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started from a shell that ignores Ctrl-C for it (a background job, nohup): on its own
+        # terminal, Ctrl-C must still stop a reply.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     tmodel, dmodel = load_models(models, load)
     code = 0
     try:
