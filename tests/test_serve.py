@@ -255,13 +255,14 @@ def _metric(server, name) -> float:
 
 
 LONG = {"model": "target", "messages": [{"role": "user", "content": "long"}], "max_tokens": 1900}  # the tiny model never stops on it
+ENDLESS = {**LONG, "max_tokens": 8000, "ignore_eos": True}  # seconds of work for the tiny model, whatever it writes
 
 
 @pytest.fixture(scope="module")
 def wide(tiny, env):
-    """A server with a context for 1900-token replies (a few seconds of work for the tiny model) and a
+    """A server with a context for 8000-token replies (seconds of work for the tiny model) and a
     short queue time limit."""
-    s = start(tiny, env, "--ctx", "2048", "--queue-timeout", "0.5", draft=False)
+    s = start(tiny, env, "--ctx", "8192", "--queue-timeout", "0.5", draft=False)
     yield s
     assert s.stop() == 0, "\n".join(s.lines)
 
@@ -269,7 +270,7 @@ def wide(tiny, env):
 def test_a_non_streamed_client_that_hangs_up_frees_the_models(wide):
     before = _metric(wide, "edgespec_cancelled_generations_total")
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(wide.base + "/chat/completions", json=LONG, timeout=httpx.Timeout(30, read=0.5))
+        httpx.post(wide.base + "/chat/completions", json=ENDLESS, timeout=httpx.Timeout(30, read=0.5))
     deadline = time.monotonic() + 20
     while _metric(wide, "edgespec_cancelled_generations_total") <= before and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -282,7 +283,7 @@ def test_the_queue_time_limit_holds_while_a_request_waits(wide):
     """A request queued behind a long one gets its 503 once it has waited --queue-timeout, not when
     the long one is done."""
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(httpx.post, wide.base + "/chat/completions", json=LONG, timeout=120)
+        first = pool.submit(httpx.post, wide.base + "/chat/completions", json=ENDLESS, timeout=120)
         time.sleep(0.3)  # the long one is generating
         r = httpx.post(wide.base + "/chat/completions", timeout=60,
                        json={"model": "target", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True})
@@ -354,6 +355,7 @@ def _post(server, path, content=None, json_body=None, headers=None):
     ("invalid utf-8", 400, "not valid UTF-8"),
     ("tools", 400, "'tools' is not supported"),
     ("20 MB body", 413, "limit"),
+    ("ignore_eos not a bool", 400, "'ignore_eos' must be true or false"),
 ])
 def test_bad_requests_get_openai_errors(server, case, status, needle):
     msg = [{"role": "user", "content": "hi"}]
@@ -380,6 +382,8 @@ def test_bad_requests_get_openai_errors(server, case, status, needle):
         content = b'{"model": "target", "messages": [{"role": "user", "content": "\xff\xfe"}]}'
     elif case == "tools":
         body = {"model": "target", "messages": msg, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    elif case == "ignore_eos not a bool":
+        body = {"model": "target", "messages": msg, "ignore_eos": "yes"}
     elif case == "20 MB body":
         content = b'{"model": "target", "messages": [{"role": "user", "content": "' + b"a" * (20 << 20) + b'"}]}'
     r = _post(server, "/chat/completions", content=content, json_body=body,

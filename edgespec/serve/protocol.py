@@ -121,7 +121,11 @@ def _gen(body: dict, defaults: GenOptions, max_key: str) -> tuple[GenOptions, in
         max_tokens = _number(body, "max_tokens", None, 1, 1 << 31, integer=True)
     try:
         sampling = sampling_params(temperature, top_k, top_p, min_p)
-        gen = defaults.replace(sampling=sampling, seed=None if seed is None else seed % (1 << 63), stop=_stop(body))
+        ignore_eos = body.get("ignore_eos", False)  # an extension llama.cpp's and vLLM's servers have too
+        if not isinstance(ignore_eos, bool):
+            raise bad("'ignore_eos' must be true or false", "ignore_eos")
+        gen = defaults.replace(sampling=sampling, seed=None if seed is None else seed % (1 << 63), stop=_stop(body),
+                               ignore_eos=ignore_eos)
     except UsageError as e:
         raise bad(e.message) from None
     return gen, max_tokens
