@@ -59,9 +59,8 @@ class Costs:
     # (None: not seen yet; estimated from the draft's token cost and the target's batch efficiency).
     catch_up_token: float | None = None
     frozen: bool = False  # no refresh from real steps: choices then depend on nothing timed (seeded sampling)
-    _ratios: list[float] = field(default_factory=list, repr=False)
+    _ratios: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (seconds / curve, size), latest last
     _residuals: dict[int, list[float]] = field(default_factory=dict, repr=False)
-    _window_sizes: list[int] = field(default_factory=list, repr=False)
     _sizes: list[int] = field(default_factory=list, repr=False, compare=False)
 
     def shape(self, n: int) -> float:
@@ -118,10 +117,9 @@ class Costs:
         if seconds <= 0 or self.frozen:
             return
         point = self.shape(n)
-        self._ratios = (self._ratios + [seconds / point])[-self.window :]
-        self._window_sizes = (self._window_sizes + [n])[-self.window :]
-        self.scale = self._median(self._ratios)
-        if len(set(self._window_sizes)) < 2:
+        self._ratios = (self._ratios + [(seconds / point, n)])[-self.window :]
+        self.scale = self._median([r for r, _ in self._ratios])
+        if len({size for _, size in self._ratios}) < 2:
             return  # only this size seen lately: the scale says it all, and nothing says its point is off
         new = self._settle(n, point, seconds / self.scale / point)
         if new != point:
