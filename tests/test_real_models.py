@@ -1,8 +1,10 @@
 """Real models from the PyPI mirror (cached): SmolLM2-135M, and the Qwen2.5-Coder 1.5B/0.5B pair.
 
 Slow, but they run in CI. Greedy exactness follows the near-tie rule: llama.cpp's batched CPU
-evaluation differs from one-token evaluation by up to ~0.4 in a logit (measured with the Qwen pair), so a
-speculative token may differ from plain greedy only where the target's top-2 margin is that small.
+evaluation differs from one-token evaluation, and a history fed in other batch sizes leaves a slightly
+different KV cache: measured with the Qwen target, a 0.5 top-2 margin moved between -0.02 and +0.94
+across batch splits of the same history. So a speculative token may differ from plain greedy only
+where the target's top-2 margin is below edgespec.bench.matching.NEAR_TIE.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from edgespec.llama.pairing import check_pairing as check_compatible
 from edgespec.session.loading import prompt_tokens
 from test_engine import first_divergence, reference_greedy
 
+from edgespec.bench.matching import NEAR_TIE
+
 pytestmark = pytest.mark.slow
 
-NEAR_TIE_REAL = 0.5
+NEAR_TIE_REAL = NEAR_TIE  # what batch splits alone were measured to move a real model's margin by
 
 CODE_PROMPTS = [
     "Write a Python function that returns the n-th Fibonacci number.",

@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.console import Console
 
+from edgespec.bench.matching import NEAR_TIE
 from edgespec.commands.options import K_MAX, LOADING, MODELS, SAMPLER, check_writable, close, err, load_models, takes
 from edgespec.errors import UsageError
 
@@ -42,7 +43,7 @@ def bench(
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (each prompt and repeat gets seed + 1000 x repeat + index, the same in every mode).")] = 0,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Always generate --max-tokens tokens.")] = False,
     lockstep: Annotated[bool, typer.Option("--lockstep", help="Run the edgespec modes of each prompt side by side, one step each in turn, each with its own KV cache: machine noise then hits every mode alike (tighter speed-ups on a shared or throttling machine; a little more memory).")] = False,
-    near_tie: Annotated[float, typer.Option("--near-tie", min=0.0, help="Top-2 logit margin below which a greedy divergence from plain counts as a near-tie.")] = 0.5,
+    near_tie: Annotated[float, typer.Option("--near-tie", min=0.0, help="Top-2 logit margin below which a greedy divergence from plain counts as a near-tie.")] = NEAR_TIE,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE", show_default=False, help="Write every number, the machine, versions and model hashes as JSON ('-': stdout; the tables then go to stderr).")] = None,
     csv_out: Annotated[Optional[str], typer.Option("--csv", metavar="FILE", show_default=False, help="Write one CSV row per run (with the machine, versions and models on each row).")] = None,
     plot_out: Annotated[Optional[str], typer.Option("--plot", metavar="FILE.png", show_default=False, help="Draw speedup per category and mode (needs matplotlib: install the plot extra, or pip install matplotlib).")] = None,
