@@ -485,3 +485,32 @@ def test_an_implausible_saved_curve_is_measured_again():
     assert plausible({1: 0.04, 2: 0.076, 16: 0.34})
     assert not plausible({1: 0.06, 2: 1.05, 16: 4.8})  # what the old refresh could leave behind
     assert not plausible({1: 0.0, 2: 0.07})
+
+
+def _ngram_choice(ctl: Controller, conf: float = 10.0) -> tuple[Drafter, int]:
+    c = ctl.choose(ngram_len=32, ngram_conf=conf)
+    return c.drafter, c.k
+
+
+def test_context_drafts_that_keep_failing_make_the_estimates_more_careful():
+    # Estimates learnt from lookups say a 10-token match goes on, but every draft chosen on them fails at
+    # once (short rows copied from a table): the next choices must ask for more before drafting.
+    fresh = Controller(Costs(dict(CPU)), mode="auto", has_model=False)
+    burnt = Controller(Costs(dict(CPU)), mode="auto", has_model=False)
+    for ctl in (fresh, burnt):
+        for _ in range(12):
+            ctl.observe_lookups([([10.0 + i for i in range(16)], 16)])
+    for _ in range(8):
+        burnt.update(Drafter.NGRAM, [10.0 + i for i in range(4)], 0, 0.0, CPU[5])
+    assert fresh.ngram_calibration == 1.0 and burnt.ngram_calibration < 0.7
+    assert _ngram_choice(fresh)[0] == Drafter.NGRAM
+    assert _ngram_choice(burnt) == (Drafter.NONE, 0)
+
+
+def test_context_drafts_that_outrun_their_estimates_are_drafted_longer():
+    fresh = Controller(Costs(dict(CPU)), mode="auto", has_model=False)
+    lucky = Controller(Costs(dict(CPU)), mode="auto", has_model=False)
+    for _ in range(8):
+        lucky.update(Drafter.NGRAM, [6.0 + i for i in range(4)], 4, 0.0, CPU[5])
+    assert lucky.ngram_calibration > 1.0
+    assert _ngram_choice(lucky, 6.0)[1] > _ngram_choice(fresh, 6.0)[1]

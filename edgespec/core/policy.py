@@ -240,6 +240,17 @@ class Controller:
         # standard error below the mean), so a few lucky matches early in an answer do not buy a
         # 16-position batch on a CPU where that costs nine plain steps.
         self.ngram_acc = Acceptance(edges=NGRAM_EDGES, prior=NGRAM_PRIOR, weight=16.0)
+        # The estimates are per token and learnt over the whole answer, and a step is drafted exactly
+        # when they look good: where they are too hopeful for this text (short rows copied from a
+        # table: every match looks like a copy, few go on) the drafts that are chosen fail more often
+        # than predicted, and where a long copy outruns them they succeed more often. So the drafted
+        # tokens expected of each chosen context draft are compared with those accepted, and the
+        # ratio (towards 1 by `calibration_weight` tokens) scales the drafted part of the next
+        # estimates. On the edit suite's replay this lifts the lowest prompt from 0.968x to 0.998x
+        # plain on the AMD curve, with the short suite unchanged.
+        self.calibration_weight = 24.0
+        self._ngram_expected = 0.0  # drafted tokens the estimates promised, over this controller's context drafts
+        self._ngram_accepted = 0.0  # ... and those accepted
         self.drafted = 0
         self.accepted = 0
         self.warned = False
@@ -315,7 +326,8 @@ class Controller:
         if self.uses(Drafter.NGRAM) and ngram_len:
             # Per position: the i-th drafted token extends the match to ngram_conf + i tokens.
             n = min(ngram_len, k_max)
-            options.append(self._best_k(Drafter.NGRAM, [self.ngram_acc.cautious(ngram_conf + i) for i in range(n)], 0.0))
+            options.append(self._best_k(Drafter.NGRAM, [self.ngram_acc.cautious(ngram_conf + i) for i in range(n)], 0.0,
+                                        gain=self.ngram_calibration))
         if not options:
             return none
         if self.mode is Mode.AUTO and self.since_plain >= self.probe_every:
@@ -326,14 +338,23 @@ class Controller:
             return none
         return choice
 
-    def _best_k(self, drafter: Drafter, accept: list[float], per_token: float, fixed: float = 0.0) -> tuple[float, Choice]:
+    @property
+    def ngram_calibration(self) -> float:
+        """Drafted tokens accepted per drafted token expected, over this controller's context drafts so
+        far, shrunk towards 1 by `calibration_weight` expected tokens."""
+        w = self.calibration_weight
+        return (self._ngram_accepted + w) / (self._ngram_expected + w)
+
+    def _best_k(self, drafter: Drafter, accept: list[float], per_token: float, fixed: float = 0.0,
+                gain: float = 1.0) -> tuple[float, Choice]:
+        """The k with the most expected tokens per second; gain scales the drafted part of the expectation."""
         fixed += self.costs.ngram_lookup if drafter == Drafter.NGRAM else 0.0
         best = (0.0, Choice(drafter, 1))
-        tokens, run = 1.0, 1.0  # expected_tokens(accept[:k]), kept as k grows
+        drafted, run = 0.0, 1.0  # expected_tokens(accept[:k]) - 1, kept as k grows
         for k, a in enumerate(accept, 1):
             run *= a
-            tokens += run
-            rate = tokens / (fixed + k * per_token + self.costs.verify_cost(k + 1))
+            drafted += run
+            rate = (1.0 + gain * drafted) / (fixed + k * per_token + self.costs.verify_cost(k + 1))
             if rate > best[0]:
                 best = (rate, Choice(drafter, k))
         return best
@@ -370,6 +391,12 @@ class Controller:
         else:
             self.since_plain += 1
         self.costs.observe_verify(n + 1, t_verify)
+        if drafter == Drafter.NGRAM and n:
+            run = 1.0
+            for c in confidence:  # what the choice expected of these tokens (before this step teaches anything)
+                run *= self.ngram_acc.cautious(c)
+                self._ngram_expected += run
+            self._ngram_accepted += accepted
         if drafter == Drafter.MODEL and n:
             self.costs.observe_draft(t_draft / n)
             self.model_acc.update(confidence, accepted)
