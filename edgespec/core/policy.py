@@ -160,15 +160,33 @@ class Acceptance:
         return max(bisect.bisect_right(self.edges, conf) - 1, 0)
 
     def p(self, conf: float) -> float:
-        b = self.bucket(conf)
+        return self._mean(self.bucket(conf))
+
+    def _mean(self, b: int) -> float:
         return (self.hits[b] + self.weight * self.prior[b]) / (self.tries[b] + self.weight)
 
     def cautious(self, conf: float) -> float:
         """The estimate less one standard error: what a choice that risks a long batch should rely on.
         It approaches the mean as observations accumulate (evidence, not exploration, buys long drafts)."""
-        b = self.bucket(conf)
-        m = self.p(conf)
+        return self._cautious(self.bucket(conf))
+
+    def _cautious(self, b: int) -> float:
+        m = self._mean(b)
         return max(0.0, m - (m * (1 - m) / (self.tries[b] + self.weight + 1)) ** 0.5)
+
+    def cautious_run(self, conf: float, n: int) -> list[float]:
+        """cautious(conf + i) for i < n, each bucket computed once (a choice asks this every step)."""
+        out: list[float] = []
+        edges, b = self.edges, self.bucket(conf)
+        v = self._cautious(b)
+        nxt = edges[b + 1] if b + 1 < len(edges) else float("inf")
+        for i in range(n):
+            if conf + i >= nxt:
+                b = self.bucket(conf + i)
+                v = self._cautious(b)
+                nxt = edges[b + 1] if b + 1 < len(edges) else float("inf")
+            out.append(v)
+        return out
 
     def update(self, confidence: Sequence[float], accepted: int) -> None:
         """Tokens before `accepted` were accepted, the one at `accepted` rejected, later ones unseen."""
@@ -326,7 +344,7 @@ class Controller:
         if self.uses(Drafter.NGRAM) and ngram_len:
             # Per position: the i-th drafted token extends the match to ngram_conf + i tokens.
             n = min(ngram_len, k_max)
-            options.append(self._best_k(Drafter.NGRAM, [self.ngram_acc.cautious(ngram_conf + i) for i in range(n)], 0.0,
+            options.append(self._best_k(Drafter.NGRAM, self.ngram_acc.cautious_run(ngram_conf, n), 0.0,
                                         gain=self.ngram_calibration))
         if not options:
             return none
