@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402
 
-from edgespec.models import cache  # noqa: E402
+from edgespec.models import cache
 
 # The user's cache, where real models fetched for the tests are kept between runs. Everything else a
 # test writes to a cache (calibrations, CPU probe verdicts, chat history) goes to a temporary one.

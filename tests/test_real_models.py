@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import pytest
 
+from edgespec.bench.matching import NEAR_TIE
 from edgespec.core.engine import generate
 from edgespec.core.stats import Stats
 from edgespec.llama.model import Model
 from edgespec.llama.pairing import check_pairing as check_compatible
 from edgespec.session.loading import prompt_tokens
 from test_engine import first_divergence, reference_greedy
-
-from edgespec.bench.matching import NEAR_TIE
 
 pytestmark = pytest.mark.slow
 
