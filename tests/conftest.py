@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,6 +29,18 @@ def _own_cache(tmp_path_factory):
         os.environ.pop("EDGESPEC_CACHE", None)
     else:
         os.environ["EDGESPEC_CACHE"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_verdict(_own_cache) -> Path | None:
+    """The CPU probe's verdict, reached once per session as once per machine for a user: on a CPU whose
+    AMX kernels llama.cpp offers, the first load anywhere runs the probe child and prints a one-time note.
+    Autouse, so it runs before any test has loaded a model (decide() remembers its verdict in-process)."""
+    from edgespec.machine import cpu_paths
+
+    cpu_paths.decide()
+    path = cache.cache_dir() / "cpu_probe.json"
+    return path if path.exists() else None
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +95,13 @@ def qwen_pair() -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def cli_env(tmp_path) -> dict[str, str]:
-    """Environment for running the CLI in a subprocess: its own cache, no network access to the Hub."""
+def cli_env(tmp_path, cpu_verdict) -> dict[str, str]:
+    """Environment for running the CLI in a subprocess: its own cache (holding the session's CPU probe
+    verdict, as a user's cache would after the first run), no network access to the Hub."""
     env = dict(os.environ)
     env.update(EDGESPEC_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    if cpu_verdict is not None:
+        (tmp_path / "cache").mkdir(exist_ok=True)
+        shutil.copy(cpu_verdict, tmp_path / "cache" / "cpu_probe.json")
     env.pop("EDGESPEC_DEBUG", None)
     return env

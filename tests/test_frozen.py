@@ -57,7 +57,17 @@ def env(tmp_path) -> dict[str, str]:
     else:
         env["PATH"] = "/usr/bin:/bin:/usr/sbin:/sbin"  # system tools only (macOS sysctl is in /usr/sbin)
     env.update(HOME=str(home), HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"))
+    if _source_verdict().avoids_amx:
+        # What the CPU probe decided for the source install (here: AMX kernels crash), so that every fresh
+        # HOME does not probe again and print its one-time note; test_the_cpu_verdict_is_reached_once probes.
+        env["EDGESPEC_AMX"] = "off"
     return env
+
+
+def _source_verdict():
+    from edgespec.machine import cpu_paths
+
+    return cpu_paths.decide()
 
 
 def run(exe: Path, args, env, cwd: Path, **kw) -> subprocess.CompletedProcess:
@@ -125,9 +135,29 @@ def test_run_auto_streams_and_caches_in_the_platform_cache_dir(exe, env, tmp_pat
 
 @slow
 def test_cpu_probe_child_runs_from_the_executable(exe, env, tmp_path):
-    """Where llama.cpp offers AMX, the executable starts itself as the probe child (no Python to run it)."""
-    proc = run(exe, ["__cpu-probe", "2"], env, tmp_path)
-    assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[-1])["ok"] is True, proc.stderr
+    """Where llama.cpp offers AMX, the executable starts itself as the probe child (no Python to run it),
+    and meets the fate the source install's child meets on this CPU: it decodes, or the AMX kernels kill it."""
+    from edgespec.machine import cpu_paths
+
+    source = cpu_paths.run_probe(cpu_paths.child_command(2))
+    frozen = cpu_paths.run_probe([str(exe), "__cpu-probe", "2"])
+    assert (frozen.ok, frozen.detail) == (source.ok, source.detail)
+    if source.ok:
+        proc = run(exe, ["__cpu-probe", "2"], env, tmp_path)
+        assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[-1])["ok"] is True, proc.stderr
+
+
+@slow
+def test_the_cpu_verdict_is_reached_once(exe, env, tmp_path, tiny):
+    """A fresh install decides about AMX on its first load (with a note where the kernels crash), and
+    remembers it: the second run neither probes nor says anything (the frozen libraries' key is stable)."""
+    env = {k: v for k, v in env.items() if k != "EDGESPEC_AMX"}
+    args = ["run", "-m", tiny["target"], "-n", "4", "--raw", "Hello"]
+    first, second = run(exe, args, env, tmp_path), run(exe, args, env, tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    noted = [ln for ln in first.stderr.splitlines() if "AMX kernels do not work" in ln]
+    assert len(noted) == (1 if _source_verdict().avoids_amx else 0), first.stderr
+    assert "AMX" not in second.stderr and second.stderr == "", second.stderr
 
 
 @slow

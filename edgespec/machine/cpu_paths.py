@@ -123,7 +123,11 @@ def _build_id() -> str:
 
     parts = [llama_cpp.__version__]
     base = Path(_lc._base_path)
-    for lib in sorted(base.glob("*ggml-cpu*")) + sorted(base.glob("*llama.*")):
+    libs = sorted(base.glob("*ggml-cpu*")) + sorted(base.glob("*llama.*"))
+    if getattr(sys, "frozen", False):
+        # A one-file executable unpacks its libraries afresh on every start (new times): it names its build itself.
+        libs = [Path(sys.executable)]
+    for lib in libs:
         try:
             st = lib.stat()
             parts.append(f"{lib.name}:{st.st_size}:{int(st.st_mtime)}")
