@@ -2,12 +2,14 @@
 
     python scripts/replay_policy.py record traces.json [--suite short|edit] [--pair NAME] [--max-tokens N] [--category C]
     python scripts/replay_policy.py replay traces.json [--max-tokens N] [--k-max 64] [--details]
+    python scripts/replay_policy.py replay bench.json   # an `edgespec bench --json` file (greedy) instead
 
 `record` loads the target (plain greedy decoding), writes every prompt's tokens and answer, and the
 pair's calibrated cost curve (measured now if not cached). `replay` needs no model: for each prompt
 it prints the speed-up the current controller would reach over plain decoding (edgespec.bench.replay), and
 the ceiling any policy could reach with the same n-gram drafter if it knew in advance how far each
-lookup would be right. `record` keeps each prompt's own answer budget unless --max-tokens is given;
+lookup would be right. A bench JSON replays the same way, from its plain replies and the cost curve
+that run calibrated, and its measured speed-ups are printed beside the replay and the ceiling. `record` keeps each prompt's own answer budget unless --max-tokens is given;
 `replay --max-tokens N` cuts the answers first, so one long recording answers for shorter ones too.
 """
 
@@ -55,32 +57,43 @@ def record(args) -> None:
 
 
 def replay_cmd(args) -> None:
-    from edgespec.bench.replay import oracle, replay
-
+    from edgespec.bench.replay import oracle, replay, traces_from_bench
     from edgespec.core.policy import Controller
 
     data = json.load(open(args.traces))
+    if "edgespec_bench" in data:
+        try:
+            data = traces_from_bench(data)
+        except ValueError as e:
+            sys.exit(f"{args.traces}: {e}")
     costs = Costs({int(n): v for n, v in data["verify_s"].items()})
     rows, by_cat = [], {}
     for p in data["prompts"]:
         answer = p["answer"][: args.max_tokens] if args.max_tokens else p["answer"]
         r = replay(p["prompt"], answer, costs, make_controller=lambda c: Controller(c, mode="auto", has_model=False, k_max=args.k_max))
         best = oracle(p["prompt"], answer, costs, k_max=args.k_max)
-        rows.append((p["id"], r, best))
-        by_cat.setdefault(p["category"], []).append((r.speedup, best))
+        meas = p.get("measured", {}).get("auto") if not args.max_tokens else None
+        rows.append((p["id"], r, best, meas))
+        by_cat.setdefault(p["category"], []).append((r.speedup, best, meas))
         if args.details:
             hist = " ".join(f"{k}:{v}" for k, v in sorted(r.k_hist.items()))
-            print(f"{p['id']:28s} auto {r.speedup:5.2f}x  ceiling {best:5.2f}x  accepted {r.accepted}/{r.drafted}  k {hist}")
+            m = f"measured {meas:5.2f}x  " if meas is not None else ""
+            print(f"{p['id']:28s} {m}auto {r.speedup:5.2f}x  ceiling {best:5.2f}x  accepted {r.accepted}/{r.drafted}  k {hist}")
     budget = f"<= {args.max_tokens} tokens" if args.max_tokens else "as recorded"
     print(f"replay of {len(rows)} answers ({budget}, k <= {args.k_max}) with the cost curve of {data['target']}")
-    print(f"{'category':10s} {'auto median':>12s} {'worst':>7s} {'ceiling median':>15s}")
     gm = lambda v: math.exp(sum(map(math.log, v)) / len(v))
-    for cat, v in by_cat.items():
-        a = [x for x, _ in v]
-        print(f"{cat:10s} {statistics.median(a):12.3f} {min(a):7.3f} {statistics.median(b for _, b in v):15.3f}")
-    a = [r.speedup for _, r, _ in rows]
-    print(f"{'all':10s} {statistics.median(a):12.3f} {min(a):7.3f} {statistics.median(b for _, _, b in rows):15.3f}"
-          f"   (geometric means: auto {gm(a):.3f}, ceiling {gm([b for _, _, b in rows]):.3f})")
+    has_meas = all(m is not None for *_, m in rows) and rows
+    print(f"{'category':10s} {'auto median':>12s} {'worst':>7s} {'ceiling median':>15s}"
+          + (f" {'measured gm':>12s} {'ceiling gm':>11s} {'of ceiling':>10s}" if has_meas else ""))
+    for cat, v in list(by_cat.items()) + [("all", [(r.speedup, b, m) for _, r, b, m in rows])]:
+        a = [x for x, _, _ in v]
+        line = f"{cat:10s} {statistics.median(a):12.3f} {min(a):7.3f} {statistics.median(b for _, b, _ in v):15.3f}"
+        if has_meas:
+            mg, cg = gm([m for *_, m in v]), gm([b for _, b, _ in v])
+            line += f" {mg:12.3f} {cg:11.3f} {mg / cg:10.0%}"
+        print(line)
+    print(f"geometric means over all prompts: replayed auto {gm([r.speedup for _, r, _, _ in rows]):.3f}, "
+          f"ceiling {gm([b for _, _, b, _ in rows]):.3f}" + (f", measured auto {gm([m for *_, m in rows]):.3f}" if has_meas else ""))
 
 
 def main() -> None:

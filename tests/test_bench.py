@@ -24,6 +24,8 @@ from edgespec.bench import suite as S
 from edgespec.bench import tables as T
 from edgespec.bench import llamacpp as L
 from edgespec.bench import report as R
+from edgespec.bench.replay import replay, traces_from_bench
+from edgespec.core.policy import Costs
 from edgespec.errors import UsageError
 from edgespec.core.verify import SamplingParams
 from test_cli import assert_one_line_error, edgespec
@@ -395,9 +397,23 @@ def test_bench_end_to_end_on_tiny_models(tiny, cli_env, tmp_path):
         if name != "plain":
             assert sum(e["matches"].values()) == 6 and e["matches"]["MISMATCH"] == 0
 
+    # token ids: the prompt as templated and every reply, so the run can be replayed offline
+    for p in doc["prompts"]:
+        assert len(p["token_ids"]) == p["prompt_tokens"]
+    for r in doc["runs"]:
+        assert len(r["token_ids"]) == r["generated_tokens"]
+    traces = traces_from_bench(doc)
+    assert [t["id"] for t in traces["prompts"]] == ["code-1", "edit-1", "extract-1"]
+    for t in traces["prompts"]:
+        first_plain = next(r for r in doc["runs"] if r["prompt"] == t["id"] and r["mode"] == "plain")
+        assert t["answer"] == first_plain["token_ids"] and set(t["measured"]) == set(modes) - {"plain"}
+        rep = replay(t["prompt"], t["answer"], Costs({int(n): v for n, v in traces["verify_s"].items()}))
+        assert rep.speedup > 0 and rep.stats.generated == len(t["answer"])
+    assert '"token_ids": [' in out_json.read_text()  # one line per list, not one per token
+
     with open(out_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(doc["runs"])
+    assert len(rows) == len(doc["runs"]) and "token_ids" not in rows[0]
     assert rows[1]["mode"] == "model-k2" and float(rows[1]["decode_tokens_per_s"]) > 0
     assert rows[0]["target_sha256"] == doc["models"]["target"]["sha256"] and rows[0]["cpu"] == str(doc["machine"]["cpu"])
 

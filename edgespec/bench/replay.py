@@ -139,3 +139,29 @@ def oracle(prompt: Sequence[int], output: Sequence[int], costs: Costs, k_max: in
             b = min(b, costs.verify_cost(k + 1) + best[i + k + 1])
         best[i] = b
     return n * costs.verify_cost(1) / best[0] if n else 1.0
+
+
+def traces_from_bench(doc: dict) -> dict:
+    """A bench JSON (`edgespec bench --json`, greedy) as replay traces: each prompt's token ids and its
+    plain reply from the first repeat, the calibrated cost curve the run used, and every mode's measured
+    speed-up per prompt (median over repeats) to set beside the replay."""
+    if not doc.get("settings", {}).get("greedy", True):
+        raise ValueError("a sampling run cannot be replayed: its output depends on how it was drafted")
+    calib = doc.get("calibration") or {}
+    if "verify_s" not in calib:
+        raise ValueError("this bench JSON has no calibrated cost curve (no adaptive mode ran)")
+    plain: dict[str, list[int]] = {}
+    measured: dict[str, dict[str, list[float]]] = {}
+    for r in doc["runs"]:
+        if r["mode"] == "plain" and r.get("token_ids") is not None:
+            plain.setdefault(r["prompt"], r["token_ids"])
+        if r.get("speedup") is not None and r["mode"] != "plain":
+            measured.setdefault(r["prompt"], {}).setdefault(r["mode"], []).append(r["speedup"])
+    prompts = []
+    for p in doc["prompts"]:
+        if p.get("token_ids") is None or p["id"] not in plain:
+            raise ValueError(f"prompt {p['id']!r} has no token ids (a bench JSON written before they were recorded?)")
+        prompts.append({"id": p["id"], "category": p["category"], "prompt": p["token_ids"], "answer": plain[p["id"]],
+                        "measured": {m: float(np.median(v)) for m, v in measured.get(p["id"], {}).items()}})
+    target = (doc.get("models") or {}).get("target") or {}
+    return {"target": target.get("path", "?"), "verify_s": calib["verify_s"], "prompts": prompts, "machine": doc.get("machine")}

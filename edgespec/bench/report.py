@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -22,6 +23,8 @@ from edgespec.errors import UsageError
 
 _MATCH_RANK = {"reference": 0, "exact": 1, "near-tie": 2, "MISMATCH": 3}
 SCHEMA = 1
+# A list of integers as json.dumps(indent=1) writes it: one per line. Real newlines never occur inside a JSON string.
+_INT_LIST = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
 ORDER_DOC = (
     "for each repeat r (0-based), for each prompt in suite order, every mode in turn starting at mode r mod M "
     "(M modes, in --modes order), wrapping around"
@@ -198,7 +201,8 @@ def document(result: Result, *, machine: dict, models: dict, extra: dict | None 
         "machine": machine, "versions": versions(), "models": models,
         "calibration": result.calibration, "warmup": result.warmup,
         "prompts": [{"id": p.id, "category": p.category, "prompt_tokens": result.prompt_token_counts.get(p.id),
-                     "max_tokens": result.budgets.get(p.id, p.max_tokens), "turns": len(p.turns) // 2} for p in result.prompts],
+                     "max_tokens": result.budgets.get(p.id, p.max_tokens), "turns": len(p.turns) // 2,
+                     "token_ids": result.prompt_token_ids.get(p.id)} for p in result.prompts],
         "run_order": [{"seq": r.seq, "repeat": r.repeat, "prompt": r.prompt_id, "mode": r.mode} for r in result.runs],
         "runs": [r.as_dict() for r in result.runs],
         **agg,
@@ -207,6 +211,7 @@ def document(result: Result, *, machine: dict, models: dict, extra: dict | None 
 
 def write_json(doc: dict, path: str) -> None:
     text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+    text = _INT_LIST.sub(lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text)  # token ids on one line each
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -230,7 +235,7 @@ def write_csv(doc: dict, path: str) -> None:
         "greedy": s["greedy"], "near_tie_bound": s["near_tie_bound"],
     }
     runs = doc["runs"]
-    fields = [k for k in (runs[0] if runs else {}) if k != "text"] + list(CSV_CONTEXT)
+    fields = [k for k in (runs[0] if runs else {}) if k not in ("text", "token_ids")] + list(CSV_CONTEXT)
     with open(Path(path).expanduser(), "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

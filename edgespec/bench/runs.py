@@ -84,6 +84,7 @@ class Run:
             "speedup": None if self.speedup is None else round(self.speedup, 4),
             "peak_rss_bytes": self.peak_rss, "match": self.match, "first_diff": self.first_diff,
             "margin": None if self.margin is None else round(self.margin, 4), "text": self.text,
+            "token_ids": self.tokens,  # the reply's tokens (None for llama.cpp rows): replayable offline
         }
 
 
@@ -149,6 +150,7 @@ class Result:
     settings: Settings
     runs: list[Run] = field(default_factory=list)
     prompt_token_counts: dict[str, int] = field(default_factory=dict)
+    prompt_token_ids: dict[str, list[int]] = field(default_factory=dict)  # what the target was given, templated
     budgets: dict[str, int] = field(default_factory=dict)  # prompt id -> the answer budget it ran with
     warmup: dict | None = None
     calibration: dict | None = None
@@ -333,6 +335,7 @@ class Bench:
         llama.cpp's, each in its place in the run order."""
         res = Result(self.prompts, self.modes, self.settings, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         res.prompt_token_counts = {p.id: len(t) for p, t in zip(self.prompts, self.tokens)}
+        res.prompt_token_ids = {p.id: list(t) for p, t in zip(self.prompts, self.tokens)}
         res.budgets = {p.id: self.max_tokens(p) for p in self.prompts}
         before = loadavg()
         t_start = time.perf_counter()
