@@ -9,8 +9,9 @@ pair's calibrated cost curve (measured now if not cached). `replay` needs no mod
 it prints the speed-up the current controller would reach over plain decoding (edgespec.bench.replay), and
 the ceiling any policy could reach with the same n-gram drafter if it knew in advance how far each
 lookup would be right. A bench JSON replays the same way, from its plain replies and the cost curve
-that run calibrated, and its measured speed-ups are printed beside the replay and the ceiling. `record` keeps each prompt's own answer budget unless --max-tokens is given;
-`replay --max-tokens N` cuts the answers first, so one long recording answers for shorter ones too.
+that run calibrated, and its measured speed-ups are printed beside the replay and the ceiling.
+`record` keeps each prompt's own answer budget unless --max-tokens is given; `replay --max-tokens N`
+cuts the answers first, so one long recording answers for shorter ones too.
 """
 
 from __future__ import annotations

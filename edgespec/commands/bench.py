@@ -60,7 +60,7 @@ def bench(
 
     Speedup is decode tokens/s over plain decoding of the same prompt and repeat; categories and the total are geometric means over prompts, with min-max. Greedy outputs are compared with plain decoding: exact, near-tie (the first differing token has a target top-2 logit margin below --near-tie) or MISMATCH.
 
-    The defaults (25 prompts x 6 modes, 64 tokens, 1 repeat) took 12.4 minutes with the default pair on a 2-core x86 CPU (80 tokens took 15); --suite edit with plain, ngram, auto and llama.cpp's two n-gram modes, --lockstep, took 1 h 49 min on a 2-core AMD EPYC.
+    The defaults (25 prompts x 6 modes, 64 tokens, 1 repeat) took 12.4 minutes with the default pair on a 2-core x86 CPU (80 tokens took 15); --suite edit with plain, ngram, auto and llama.cpp's two n-gram modes, --lockstep, took 1 h 49 min on a 2-core AMD EPYC; --suite edit --modes plain,auto --lockstep --repeats 3 took 1 h 53 min on a 2-core Intel Xeon.
     """
     from edgespec.bench import llamacpp as L
     from edgespec.bench import modes as M
