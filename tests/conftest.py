@@ -39,7 +39,7 @@ def cpu_verdict(_own_cache) -> Path | None:
     from edgespec.machine import cpu_paths
 
     cpu_paths.decide()
-    path = cache.cache_dir() / "cpu_probe.json"
+    path = cpu_paths._cache_path()
     return path if path.exists() else None
 
 
@@ -102,6 +102,6 @@ def cli_env(tmp_path, cpu_verdict) -> dict[str, str]:
     env.update(EDGESPEC_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     if cpu_verdict is not None:
         (tmp_path / "cache").mkdir(exist_ok=True)
-        shutil.copy(cpu_verdict, tmp_path / "cache" / "cpu_probe.json")
+        shutil.copy(cpu_verdict, tmp_path / "cache" / cpu_verdict.name)
     env.pop("EDGESPEC_DEBUG", None)
     return env

@@ -122,11 +122,12 @@ def _build_id() -> str:
     from llama_cpp import llama_cpp as _lc
 
     parts = [llama_cpp.__version__]
-    base = Path(_lc._base_path)
-    libs = sorted(base.glob("*ggml-cpu*")) + sorted(base.glob("*llama.*"))
     if getattr(sys, "frozen", False):
         # A one-file executable unpacks its libraries afresh on every start (new times): it names its build itself.
         libs = [Path(sys.executable)]
+    else:
+        base = Path(_lc._base_path)
+        libs = sorted(base.glob("*ggml-cpu*")) + sorted(base.glob("*llama.*"))
     for lib in libs:
         try:
             st = lib.stat()
