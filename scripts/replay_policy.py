@@ -1,7 +1,7 @@
 """Record greedy answers for a bench suite once, then replay n-gram policies against them in seconds.
 
     python scripts/replay_policy.py record traces.json [--suite short|edit] [--pair NAME] [--max-tokens N] [--category C]
-    python scripts/replay_policy.py replay traces.json [--max-tokens N] [--k-max 64] [--details]
+    python scripts/replay_policy.py replay traces.json [--max-tokens N] [--k-max 64] [--details] [--no-context]
     python scripts/replay_policy.py replay bench.json   # an `edgespec bench --json` file (greedy) instead
 
 `record` loads the target (plain greedy decoding), writes every prompt's tokens and answer, and the
@@ -10,6 +10,8 @@ it prints the speed-up the current controller would reach over plain decoding (e
 the ceiling any policy could reach with the same n-gram drafter if it knew in advance how far each
 lookup would be right. A bench JSON replays the same way, from its plain replies and the cost curve
 that run calibrated, and its measured speed-ups are printed beside the replay and the ceiling.
+Batches cost what the curve says at the context they attend to (calibration measures how a batch's
+cost grows with the context); --no-context prices every batch at the calibration's context instead.
 `record` keeps each prompt's own answer budget unless --max-tokens is given; `replay --max-tokens N`
 cuts the answers first, so one long recording answers for shorter ones too.
 """
@@ -22,8 +24,6 @@ import math
 import statistics
 import sys
 import time
-
-from edgespec.core.policy import Costs
 
 
 def record(args) -> None:
@@ -42,7 +42,9 @@ def record(args) -> None:
     costs, _ = calibrate.load_or_measure(target, draft, 16)
     prompts = suite.select(suite.load_suite(args.prompts, args.suite), args.category)
     out = {"target": str(target.path), "draft": str(draft.path) if draft else None, "max_tokens": args.max_tokens,
-           "suite": args.suite, "verify_s": {str(n): v for n, v in sorted(costs.verify.items())}, "prompts": []}
+           "suite": args.suite, "verify_s": {str(n): v for n, v in sorted(costs.verify.items())},
+           "position": costs.position, "attend_s": costs.attend, "attend_base_s": costs.attend_base,
+           "prompts": []}
     for p in prompts:
         tokens = prompt_tokens(target, p.prompt, system=p.system, turns=p.turns)
         budget = min(args.max_tokens or 10**9, p.max_tokens or 64) if args.max_tokens else (p.max_tokens or 64)
@@ -58,7 +60,7 @@ def record(args) -> None:
 
 
 def replay_cmd(args) -> None:
-    from edgespec.bench.replay import oracle, replay, traces_from_bench
+    from edgespec.bench.replay import costs_from_traces, oracle, replay, traces_from_bench
     from edgespec.core.policy import Controller
 
     data = json.load(open(args.traces))
@@ -67,7 +69,7 @@ def replay_cmd(args) -> None:
             data = traces_from_bench(data)
         except ValueError as e:
             sys.exit(f"{args.traces}: {e}")
-    costs = Costs({int(n): v for n, v in data["verify_s"].items()})
+    costs = costs_from_traces(data, context=not args.no_context)
     rows, by_cat = [], {}
     for p in data["prompts"]:
         answer = p["answer"][: args.max_tokens] if args.max_tokens else p["answer"]
@@ -82,6 +84,11 @@ def replay_cmd(args) -> None:
             print(f"{p['id']:28s} {m}auto {r.speedup:5.2f}x  ceiling {best:5.2f}x  accepted {r.accepted}/{r.drafted}  k {hist}")
     budget = f"<= {args.max_tokens} tokens" if args.max_tokens else "as recorded"
     print(f"replay of {len(rows)} answers ({budget}, k <= {args.k_max}) with the cost curve of {data['target']}")
+    if costs.attend or costs.attend_base:
+        print(f"each 1,000 tokens of context beyond {costs.position} add {costs.attend_base * 1e3:.1f} ms per batch "
+              f"+ {(costs.attend or 0.0) * 1e3:.2f} ms per position")
+    else:
+        print(f"every batch priced at the calibration's context ({costs.position} tokens)")
     gm = lambda v: math.exp(sum(map(math.log, v)) / len(v))
     has_meas = all(m is not None for *_, m in rows) and rows
     print(f"{'category':10s} {'auto median':>12s} {'worst':>7s} {'ceiling median':>15s}"
@@ -112,6 +119,7 @@ def main() -> None:
     rep.add_argument("--max-tokens", type=int, default=None, help="cut the recorded answers first")
     rep.add_argument("--k-max", type=int, default=64)
     rep.add_argument("--details", action="store_true")
+    rep.add_argument("--no-context", action="store_true", help="price every batch at the calibration's context")
     args = ap.parse_args()
     record(args) if args.cmd == "record" else replay_cmd(args)
 

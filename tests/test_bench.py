@@ -24,8 +24,7 @@ from edgespec.bench import suite as S
 from edgespec.bench import tables as T
 from edgespec.bench import llamacpp as L
 from edgespec.bench import report as R
-from edgespec.bench.replay import replay, traces_from_bench
-from edgespec.core.policy import Costs
+from edgespec.bench.replay import costs_from_traces, replay, traces_from_bench
 from edgespec.errors import UsageError
 from edgespec.core.verify import SamplingParams
 from test_cli import assert_one_line_error, edgespec
@@ -403,11 +402,12 @@ def test_bench_end_to_end_on_tiny_models(tiny, cli_env, tmp_path):
     for r in doc["runs"]:
         assert len(r["token_ids"]) == r["generated_tokens"]
     traces = traces_from_bench(doc)
+    assert traces["position"] > 0 and traces["attend_s"] is not None  # how batches grow with the context
     assert [t["id"] for t in traces["prompts"]] == ["code-1", "edit-1", "extract-1"]
     for t in traces["prompts"]:
         first_plain = next(r for r in doc["runs"] if r["prompt"] == t["id"] and r["mode"] == "plain")
         assert t["answer"] == first_plain["token_ids"] and set(t["measured"]) == set(modes) - {"plain"}
-        rep = replay(t["prompt"], t["answer"], Costs({int(n): v for n, v in traces["verify_s"].items()}))
+        rep = replay(t["prompt"], t["answer"], costs_from_traces(traces))
         assert rep.speedup > 0 and rep.stats.generated == len(t["answer"])
     assert '"token_ids": [' in out_json.read_text()  # one line per list, not one per token
 

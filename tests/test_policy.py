@@ -514,3 +514,73 @@ def test_context_drafts_that_outrun_their_estimates_are_drafted_longer():
         lucky.update(Drafter.NGRAM, [6.0 + i for i in range(4)], 4, 0.0, CPU[5])
     assert lucky.ngram_calibration > 1.0
     assert _ngram_choice(lucky, 6.0)[1] > _ngram_choice(fresh, 6.0)[1]
+
+
+# ---------------------------------------------------------------------- costs at the context in use
+# A 2-core Xeon's shape: 16 positions cost about 4 single steps after 256 tokens of context, and each
+# 1,000 more tokens add about 6 ms per batch position (a single step about 80 ms).
+XEON = {1: 0.08, 2: 0.11, 4: 0.15, 8: 0.25, 16: 0.33, 32: 0.60, 64: 1.0}
+
+
+def test_a_batch_costs_more_after_a_longer_context():
+    c = Costs(dict(XEON), position=256, attend=0.006, attend_base=0.002)
+    assert c.verify_cost(16) == pytest.approx(0.33)  # at the calibration's context
+    c.context = 1256
+    assert c.verify_cost(1) == pytest.approx(0.08 + 0.002 + 0.006)
+    assert c.verify_cost(32) == pytest.approx(0.60 + 0.002 + 32 * 0.006)
+    assert c.verify_cost(32, context=256) == pytest.approx(0.60)  # asked for another context explicitly
+    # relative to a plain step, long batches get dearer as the context grows
+    assert c.verify_cost(32) / c.verify_cost(1) > XEON[32] / XEON[1]
+    c.context = 0
+    assert c.verify_cost(64) >= 0.5 * XEON[64]  # shorter than calibration: cheaper, within bounds
+    assert Costs(dict(XEON)).verify_cost(32, context=5000) == pytest.approx(0.60)  # growth not measured: none
+
+
+def test_steps_at_a_long_context_leave_the_scale_at_the_machines_speed():
+    """Steps after 2,000 tokens that cost what the context says: the machine runs as calibrated, so
+    the scale stays 1 and no size's point moves (a context-blind curve would read them as a slower
+    machine, and the big batches' extra cost as a mis-measured curve)."""
+    truth = Costs(dict(XEON), position=256, attend=0.006)
+    c = Costs(dict(XEON), position=256, attend=0.006)
+    for i in range(60):
+        n = (1, 16, 32)[i % 3]
+        c.context = truth.context = 2000 + i
+        c.observe_verify(n, truth.verify_cost(n))
+    assert c.scale == pytest.approx(1.0)
+    assert c.verify == XEON
+
+
+def test_fit_of_the_context_cost_is_a_nonnegative_line():
+    from edgespec.machine.calibrate import fit_attend
+
+    a, b = fit_attend({1: 0.004 + 0.006, 4: 0.004 + 0.024, 16: 0.004 + 0.096, 32: 0.004 + 0.192})
+    assert a == pytest.approx(0.004) and b == pytest.approx(0.006)
+    assert fit_attend({1: 0.02, 4: 0.01, 16: 0.0, 32: -0.01}) == (pytest.approx(0.005), 0.0)  # noise: no per-position part
+    a, b = fit_attend({1: -0.01, 4: 0.02, 16: 0.1, 32: 0.2})  # a negative intercept: a line through 0
+    assert a == 0.0 and b > 0
+
+
+def _long_copy(prompt_len: int = 1800, n: int = 400, seed: int = 3):
+    """A long document and an answer that copies it in runs of 20-120 tokens, each run starting at
+    a random place and followed by a fresh token (an edit)."""
+    rng = np.random.default_rng(seed)
+    doc = [int(t) for t in rng.integers(0, 4000, size=prompt_len)]
+    out, fresh = [], 10_000
+    while len(out) < n:
+        at = int(rng.integers(0, prompt_len - 130))
+        out += doc[at : at + int(rng.integers(20, 120))] + [fresh]
+        fresh += 1
+    return doc, out[:n]
+
+
+def test_the_controller_prices_batches_at_the_context_in_use():
+    """A long document copied back: on a machine where long contexts make big batches dearer, the
+    controller that knows how much does at least as well as one that prices every batch at the
+    calibration's context, and its scale stays the machine's speed."""
+    prompt, answer = _long_copy()
+    truth = Costs(dict(XEON), position=256, attend=0.008)
+    knows = replay(prompt, answer, truth)
+    blind = replay(prompt, answer, truth, make_controller=lambda c: Controller(
+        Costs(dict(c.verify), position=c.position), mode="auto", has_model=False))
+    assert knows.speedup >= blind.speedup * 0.99
+    assert knows.speedup > 1.5

@@ -5,9 +5,10 @@ per prompt (prompt tokens + generated tokens) and a measured cost curve say what
 `replay` drives edgespec.core.engine.generate itself through stand-in models: a target whose argmax
 after each position is the recorded token, and, to simulate a draft model, a draft that proposes the
 recorded token with a given probability. Their decodes advance a virtual clock by what the cost
-curve says, so the controller sees the step times it would see on that machine. That makes policy
-changes testable in seconds (scripts/replay_policy.py), and gives a ceiling: `oracle` is the best
-any policy could do with the same n-gram drafter if it knew in advance how far each lookup would be right.
+curve says at the context they attend to, so the controller sees the step times it would see on
+that machine. That makes policy changes testable in seconds (scripts/replay_policy.py), and gives
+a ceiling: `oracle` is the best any policy could do with the same n-gram drafter if it knew in
+advance how far each lookup would be right.
 
 It ignores the batched-numerics near-ties (a replay never diverges) and the few tenths of a
 millisecond the lookup and the controller cost per step.
@@ -40,10 +41,10 @@ class VirtualClock:
 class ScriptedLM:
     """A stand-in model over a compact vocabulary: after position p its logits favour script[p + 1]
     (with `accept` < 1, only with that probability, fixed per position: a simulated draft model),
-    giving its choice the probability `confidence`. Each decode of n positions advances the clock
-    by cost(n)."""
+    giving its choice the probability `confidence`. Each decode of n positions after c cached tokens
+    advances the clock by cost(n, c)."""
 
-    def __init__(self, script: Sequence[int], n_vocab: int, cost: Callable[[int], float], clock: VirtualClock,
+    def __init__(self, script: Sequence[int], n_vocab: int, cost: Callable[[int, int], float], clock: VirtualClock,
                  accept: float = 1.0, seed: int = 0, confidence: float = 0.9):
         self.script = list(script)
         self.n_vocab = n_vocab
@@ -60,7 +61,7 @@ class ScriptedLM:
     def eval(self, tokens: Sequence[int], logits: str = "last") -> np.ndarray | None:
         start = len(self.tokens)
         self.tokens.extend(int(t) for t in tokens)
-        self.clock.now += self.cost(len(tokens))
+        self.clock.now += self.cost(len(tokens), start)
         if logits == "none":
             return None
         positions = range(start, len(self.tokens)) if logits == "all" else [len(self.tokens) - 1]
@@ -112,15 +113,22 @@ def replay(prompt: Sequence[int], output: Sequence[int], costs: Costs,
     target = ScriptedLM(p + out, n_vocab, costs.verify_cost, clock)
     draft = None
     if draft_accept is not None:
-        draft = ScriptedLM(p + out, n_vocab, lambda n: n * costs.draft_token, clock, accept=draft_accept, seed=seed)
-    own = Costs(dict(costs.verify), draft_token=costs.draft_token, draft_agreement=costs.draft_agreement)
+        draft = ScriptedLM(p + out, n_vocab, lambda n, _: n * costs.draft_token, clock, accept=draft_accept, seed=seed)
+    own = Costs(dict(costs.verify), draft_token=costs.draft_token, draft_agreement=costs.draft_agreement,
+                position=costs.position, attend=costs.attend, attend_base=costs.attend_base)
     ctl = (make_controller or (lambda c: Controller(c, mode="auto", has_model=draft is not None)))(own)
     stats = Stats()
     for step in generate(target, draft, p, max_tokens=len(out), controller=ctl, clock=clock):
         stats.add(step)
-    r = Replay(len(out) * costs.verify_cost(1) / stats.t_decode if stats.t_decode else 1.0, stats=stats)
+    r = Replay(plain_seconds(len(p), len(out), costs) / stats.t_decode if stats.t_decode else 1.0, stats=stats)
     r.k_hist, r.drafted, r.accepted = dict(stats.k_hist), stats.drafted, stats.accepted
     return r
+
+
+def plain_seconds(prompt: int, n: int, costs: Costs) -> float:
+    """Plain decoding's time for n tokens after a prompt of `prompt` tokens: the i-th token's step
+    attends to prompt + i - 1 cached tokens."""
+    return sum(costs.verify_cost(1, prompt + i - 1) for i in range(n))
 
 
 def oracle(prompt: Sequence[int], output: Sequence[int], costs: Costs, k_max: int = 64) -> float:
@@ -134,11 +142,12 @@ def oracle(prompt: Sequence[int], output: Sequence[int], costs: Costs, k_max: in
         right.append(common_prefix(cont, output[i:]))
     best = [0.0] * (n + 1)  # best[i]: least time to produce output[i:]
     for i in range(n - 1, -1, -1):
-        b = costs.verify_cost(1) + best[i + 1]
+        ctx = len(prompt) + i - 1  # cached before the step that starts at output[i]
+        b = costs.verify_cost(1, ctx) + best[i + 1]
         for k in range(1, min(right[i], n - i - 1) + 1):
-            b = min(b, costs.verify_cost(k + 1) + best[i + k + 1])
+            b = min(b, costs.verify_cost(k + 1, ctx) + best[i + k + 1])
         best[i] = b
-    return n * costs.verify_cost(1) / best[0] if n else 1.0
+    return plain_seconds(len(prompt), n, costs) / best[0] if n else 1.0
 
 
 def traces_from_bench(doc: dict) -> dict:
@@ -164,4 +173,12 @@ def traces_from_bench(doc: dict) -> dict:
         prompts.append({"id": p["id"], "category": p["category"], "prompt": p["token_ids"], "answer": plain[p["id"]],
                         "measured": {m: float(np.median(v)) for m, v in measured.get(p["id"], {}).items()}})
     target = (doc.get("models") or {}).get("target") or {}
-    return {"target": target.get("path", "?"), "verify_s": calib["verify_s"], "prompts": prompts, "machine": doc.get("machine")}
+    return {"target": target.get("path", "?"), "verify_s": calib["verify_s"], "position": calib.get("position", 256),
+            "attend_s": calib.get("attend_s"), "attend_base_s": calib.get("attend_base_s", 0.0), "prompts": prompts, "machine": doc.get("machine")}
+
+
+def costs_from_traces(data: dict, context: bool = True) -> Costs:
+    """The cost curve a trace file (or traces_from_bench) holds; context=False leaves out how batches
+    grow with the context (every batch costs what it did at calibration)."""
+    return Costs({int(n): v for n, v in data["verify_s"].items()}, position=int(data.get("position", 256)),
+                 attend=data.get("attend_s") if context else None, attend_base=(data.get("attend_base_s") or 0.0) if context else 0.0)

@@ -211,7 +211,9 @@ class Bench:
             ctl = make_controller(self.target, self.draft, opts, on_calibrate=on_calibrate)
             self.templates[m.name] = ctl
             if ctl.adaptive and costs is None:
-                costs = {"verify_s": {str(n): v for n, v in sorted(ctl.costs.verify.items())}, "draft_token_s": ctl.costs.draft_token}
+                costs = {"verify_s": {str(n): v for n, v in sorted(ctl.costs.verify.items())}, "draft_token_s": ctl.costs.draft_token,
+                         "position": ctl.costs.position,
+                         "attend_s": ctl.costs.attend, "attend_base_s": ctl.costs.attend_base}
         return costs
 
     def warm_up(self) -> dict | None:

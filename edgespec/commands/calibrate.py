@@ -26,7 +26,7 @@ def calibrate(
 
     tmodel, dmodel = load_models(models, load)
     try:
-        with err.status("measuring (about 25 s on a 2-core CPU)", spinner="dots"):
+        with err.status("measuring (under a minute on a 2-core CPU)", spinner="dots"):
             costs = cal.measure(tmodel, dmodel, k_max)
         cal.save(tmodel, dmodel, costs)
         paths = cpu_paths.report(cpu_paths.decide(load.amx), (tmodel, dmodel))
@@ -53,6 +53,8 @@ def calibrate(
             "target": str(models.resolved.target), "draft": str(models.resolved.draft) if dmodel is not None else None,
             "verify_s": {str(n): v for n, v in sorted(costs.verify.items())},
             "verify_relative": {str(n): round(v / base, 3) for n, v in sorted(costs.verify.items())},
+            "position": costs.position,
+            "attend_s": costs.attend, "attend_base_s": costs.attend_base,
             "draft_token_s": costs.draft_token, "draft_agreement": agree, "predicted_speedup": predicted,
             "break_even_acceptance": verdict, "cpu_paths": paths,
         }, indent=1))
@@ -66,6 +68,9 @@ def calibrate(
     for n, v in sorted(costs.verify.items()):
         t.add_row(str(n), f"{v * 1e3:.1f}", f"{v / base:.2f}", f"{v * 1e3 / n:.1f}")
     out.print(t)
+    if costs.attend or costs.attend_base:
+        out.print(f"measured after {costs.position} tokens of context; each 1,000 more add "
+                  f"{costs.attend_base * 1e3:.1f} ms per batch + {(costs.attend or 0.0) * 1e3:.2f} ms per position")
     if costs.draft_token is not None:
         out.print(f"draft model: {costs.draft_token * 1e3:.1f} ms per token = {costs.draft_token / base:.2f} of a target step")
     if agree and agree["rate"] is not None:

@@ -125,7 +125,8 @@ def generate(
             ctl.disable(Drafter.MODEL)  # a token the draft model lacks is in the history now
         n_gram, conf = ngram.peek(history, limit) if ctl.uses(Drafter.NGRAM) else (0, 0.0)
         t_lookup = clock() - t0
-        choice = ctl.choose(n_gram, conf, limit, draft_lag=len(history) - len(draft.tokens) if model else 0)
+        choice = ctl.choose(n_gram, conf, limit, draft_lag=len(history) - len(draft.tokens) if model else 0,
+                            context=len(history) - 1)
         d, catch_up, t_propose = Draft(), 0.0, 0.0
         if choice.k > 0:
             if choice.drafter == Drafter.MODEL and len(history) - len(draft.tokens) > 2:

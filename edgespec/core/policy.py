@@ -4,7 +4,7 @@ The controller picks, before each step, the drafter and draft length k that maxi
 tokens per second, with plain decoding (k = 0) always a candidate:
 
     E[tokens | k, a] = 1 + a + a^2 + ... + a^k      (the target always adds one token)
-    T(k)             = k * draft_cost + verify_cost(k + 1)
+    T(k)             = k * draft_cost + verify_cost(k + 1)   (at the context the batch attends to)
 
 On a compute-bound CPU verify_cost grows almost linearly with k, so a draft model rarely pays; on a
 GPU verification is nearly free and it does. Nothing here assumes which case it is: the costs are
@@ -44,6 +44,14 @@ class Costs:
     steps more than slower ones (noise only ever adds time) walked the size in use down step after
     step even on a steady machine, until, after a few hundred plain steps, a 16-position batch looked
     like 100 single steps and nothing was drafted any more.
+
+    A batch costs more after a long context than after a short one: each of its positions attends to
+    every cached one. Calibration times the curve at `position` tokens of context and a few sizes
+    again after a longer one; what that adds is a line in the batch size: `attend_base` per batch
+    plus `attend` per position, seconds per 1,000 tokens of context (a line fitted over the sizes,
+    as each size's own difference is a small one between two noisy timings). `context` (set by the controller each
+    step) is the context the next batch attends to. Real steps are compared with the curve at their
+    own context, so the scale measures the machine's speed, not the answer's length.
     """
 
     verify: dict[int, float]
@@ -59,6 +67,10 @@ class Costs:
     # (None: not seen yet; estimated from the draft's token cost and the target's batch efficiency).
     catch_up_token: float | None = None
     frozen: bool = False  # no refresh from real steps: choices then depend on nothing timed (seeded sampling)
+    position: int = 256  # tokens in the cache before the batches `verify` was measured with
+    attend: float | None = None  # seconds per batch position per 1,000 tokens of context beyond `position` (None: not measured)
+    attend_base: float = 0.0  # ... and per batch
+    context: int | None = None  # tokens in the cache before the next batch (None: `position`)
     _ratios: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (seconds / curve, size), latest last
     _residuals: dict[int, list[float]] = field(default_factory=dict, repr=False)
     _sizes: list[int] = field(default_factory=list, repr=False, compare=False)
@@ -83,8 +95,18 @@ class Costs:
         w = (n - lo) / (hi - lo)
         return v[lo] * (1 - w) + v[hi] * w
 
-    def verify_cost(self, n: int) -> float:
-        return self.scale * self.shape(n)
+    def growth_at(self, n: int, context: int | None = None) -> float:
+        """How much more a batch of n costs after `context` tokens (default: `self.context`) than at
+        calibration, as a factor (never below half: a context far shorter than `position`)."""
+        context = self.context if context is None else context
+        if not (self.attend or self.attend_base) or context is None or context == self.position:
+            return 1.0
+        extra = (self.attend_base + (self.attend or 0.0) * n) * (context - self.position) / 1000.0
+        return max(0.5, 1.0 + extra / self.shape(n))
+
+    def verify_cost(self, n: int, context: int | None = None) -> float:
+        """Seconds for a batch of n positions now, after `context` tokens (default: `self.context`)."""
+        return self.scale * self.shape(n) * self.growth_at(n, context)
 
     def draft_cost(self) -> float | None:
         return None if self.draft_token is None else self.scale * self.draft_token
@@ -117,6 +139,7 @@ class Costs:
         if seconds <= 0 or self.frozen:
             return
         point = self.shape(n)
+        seconds /= self.growth_at(n)  # as if at the calibration's context
         self._ratios = (self._ratios + [(seconds / point, n)])[-self.window :]
         self.scale = self._median([r for r, _ in self._ratios])
         if len({size for _, size in self._ratios}) < 2:
@@ -137,8 +160,10 @@ class Costs:
             self.catch_up_token = new if self.catch_up_token is None else self._settle("catch-up", self.catch_up_token, new / self.catch_up_token)
 
     def snapshot(self) -> dict:
-        """The curve at the machine's current speed, to be saved as the new calibration."""
-        return {"verify": {n: self.verify_cost(n) for n in sorted(self.verify)}, "draft_token": self.draft_cost()}
+        """The curve at the machine's current speed (at `position`), to be saved as the new calibration."""
+        return {"verify": {n: self.scale * self.shape(n) for n in sorted(self.verify)}, "draft_token": self.draft_cost(),
+                "position": self.position, "attend": None if self.attend is None else self.scale * self.attend,
+                "attend_base": self.scale * self.attend_base}
 
 
 @dataclass
@@ -318,9 +343,14 @@ class Controller:
         return self.costs.draft_token is not None and self._best_k(Drafter.MODEL, [self.model_rate] * self.k_max, self.costs.draft_cost())[0] \
             >= (1 + self.margin) / self.costs.verify_cost(1)
 
-    def choose(self, ngram_len: int = 0, ngram_conf: float = 0.0, k_limit: int | None = None, draft_lag: int = 0) -> Choice:
+    def choose(self, ngram_len: int = 0, ngram_conf: float = 0.0, k_limit: int | None = None, draft_lag: int = 0,
+               context: int | None = None) -> Choice:
         """ngram_len: tokens the context lookup could propose now (0: no match); k_limit: room left;
-        draft_lag: tokens the draft model would have to catch up on before it could draft."""
+        draft_lag: tokens the draft model would have to catch up on before it could draft; context:
+        tokens in the target's cache before this step's batch (its costs, and the step's update, are
+        taken there; None: where the last choice was)."""
+        if context is not None:
+            self.costs.context = context
         k_max = min(self.k_max, k_limit) if k_limit is not None else self.k_max
         none = Choice(Drafter.NONE, 0)
         if self.mode is Mode.PLAIN or k_max <= 0:

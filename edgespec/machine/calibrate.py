@@ -1,7 +1,8 @@
 """Measuring what speculation costs on this machine, and remembering it.
 
 `measure` times a target decode of n positions (logits at each) for n = 1..k_max+1 and one
-draft-model token, at a realistic context length. Results are cached on disk, keyed by the model
+draft-model token, at a realistic context length, and a few sizes again after a longer context
+(what a batch gains in cost per 1,000 tokens of context: long answers verify their drafts there). Results are cached on disk, keyed by the model
 files, backend settings, threads and context bucket; the controller refreshes them from real steps
 and `save` writes the refreshed numbers back.
 """
@@ -20,6 +21,8 @@ from edgespec.core.policy import MODEL_EDGES, MODEL_PRIOR, Acceptance, Costs
 from edgespec.models.cache import cache_dir
 
 SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+GROWTH_SIZES = (1, 4, 16, 32)  # timed again after a longer context
+LONG_CONTEXT = 1024  # ... of this many tokens (or what the context allows)
 _FILLER = (
     "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n"
     "        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n            out.append(b[j]); j += 1\n"
@@ -81,7 +84,8 @@ def load(target, draft) -> Costs | None:
     verify = {int(n): v for n, v in entry["verify"].items()}
     if not plausible(verify):
         return None
-    return Costs(verify=verify, draft_token=entry.get("draft_token"), draft_agreement=entry.get("draft_agreement"))
+    return Costs(verify=verify, draft_token=entry.get("draft_token"), draft_agreement=entry.get("draft_agreement"),
+                 position=int(entry.get("position", 256)), attend=entry.get("attend"), attend_base=entry.get("attend_base", 0.0))
 
 
 def save(target, draft, costs: Costs) -> None:
@@ -91,7 +95,8 @@ def save(target, draft, costs: Costs) -> None:
     data[_key(target, draft)] = {
         "target": str(target.path), "draft": str(draft.path) if draft is not None else None,
         "verify": {str(n): v for n, v in now["verify"].items()}, "draft_token": now["draft_token"],
-        "draft_agreement": costs.draft_agreement, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "draft_agreement": costs.draft_agreement, "position": now["position"], "attend": now["attend"], "attend_base": now["attend_base"],
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     try:
         _path().parent.mkdir(parents=True, exist_ok=True)
@@ -123,11 +128,12 @@ def measure(target, draft, k_max: int = 64, reps: int = 4, position: int | None 
             t0 = time.perf_counter()
             target.eval(batch[:n], logits="all")
             times[n].append(time.perf_counter() - t0)
-    target.rollback(0)
     # The minimum over repetitions: on a busy machine noise only ever adds time. No batch can cost
     # less than a single token, whatever a noisy sample says.
     verify = {n: min(v) for n, v in times.items()}
-    costs = Costs(verify={n: max(v, verify[1]) for n, v in verify.items()})
+    costs = Costs(verify={n: max(v, verify[1]) for n, v in verify.items()}, position=len(base))
+    costs.attend_base, costs.attend = _attend(target, filler, len(base), need)
+    target.rollback(0)
 
     if draft is not None:
         draft.rollback(0)
@@ -141,6 +147,54 @@ def measure(target, draft, k_max: int = 64, reps: int = 4, position: int | None 
         draft.rollback(0)
         costs.draft_agreement = agreement(target, draft, chunk=need)
     return costs
+
+
+def _attend(target, filler: list[int], position: int, need: int) -> tuple[float, float]:
+    """(per batch, per position): seconds a batch gains per 1,000 tokens of context. A few sizes are
+    timed after `position` tokens (the cache holds them already) and again after LONG_CONTEXT, the
+    two sets close together in time (a machine whose speed drifts does not pass for a context that
+    costs more), and a line fitted through the differences by size (fit_attend). (0, 0) where the
+    context has no room for a longer one."""
+    far = min(LONG_CONTEXT, target.n_ctx - need - 1, len(filler) - need)
+    if far < position + 256:
+        return 0.0, 0.0
+    sizes = [s for s in GROWTH_SIZES if s <= need]
+
+    def timed(at: int) -> dict[int, float]:
+        batch, out = filler[at : at + max(sizes)], {}
+        for n in sizes:
+            best = float("inf")
+            for _ in range(3 if n <= 16 else 2):
+                target.rollback(at)
+                t0 = time.perf_counter()
+                target.eval(batch[:n], logits="all")
+                best = min(best, time.perf_counter() - t0)
+            out[n] = best
+        return out
+
+    target.rollback(position)
+    near = timed(position)
+    target.rollback(position)
+    target.eval(filler[position:far], logits="none")
+    farther = timed(far)
+    return fit_attend({n: (farther[n] - near[n]) * 1000.0 / (far - position) for n in sizes})
+
+
+def fit_attend(extra: dict[int, float]) -> tuple[float, float]:
+    """The least-squares line a + b * n through what each size n gained (seconds per 1,000 tokens of
+    context), with a, b >= 0: more context never makes a batch cheaper, whatever noise says."""
+    ns, es = list(extra), list(extra.values())
+    if len(ns) < 2:
+        return 0.0, max(0.0, es[0] / ns[0]) if ns else 0.0
+    mn, me = sum(ns) / len(ns), sum(es) / len(es)
+    var = sum((n - mn) ** 2 for n in ns)
+    b = sum((n - mn) * (e - me) for n, e in zip(ns, es)) / var
+    a = me - b * mn
+    if b < 0:
+        return max(0.0, me), 0.0
+    if a < 0:
+        return 0.0, max(0.0, sum(n * e for n, e in zip(ns, es)) / sum(n * n for n in ns))
+    return a, b
 
 
 def agreement(target, draft, chunk: int = 17) -> list[list[int]]:
@@ -171,7 +225,8 @@ def agreement(target, draft, chunk: int = 17) -> list[list[int]]:
 def load_or_measure(target, draft, k_max: int = 64) -> tuple[Costs, bool]:
     """(costs, measured_now): cached costs when this pair and setting were calibrated before."""
     cached = load(target, draft)
-    if cached is not None and (k_max + 1) <= max(cached.verify) and (draft is None or (cached.draft_token and cached.draft_agreement)):
+    if (cached is not None and (k_max + 1) <= max(cached.verify) and cached.attend is not None
+            and (draft is None or (cached.draft_token and cached.draft_agreement))):
         return cached, False
     costs = measure(target, draft, k_max)
     save(target, draft, costs)
