@@ -129,7 +129,9 @@ def test_gpu_split_follows_llama_cpp(synth):
     assert unified.vram == 0 and unified.weights >= t.tensor_bytes  # shared memory: all of it is RAM
 
 
-def _kv_mib_from_llama_cpp(model_path: Path, n_ctx: int, type_k: int, type_v: int) -> float:
+def _mib_from_llama_cpp(model_path: Path, n_ctx: int, type_k: int, type_v: int, pattern: str,
+                        n_ubatch: int = 64, flash: bool = True) -> float:
+    """The MiB llama.cpp's log reports (summed over the lines matching `pattern`) for a new context."""
     import llama_cpp as lc
 
     from edgespec.llama import model as llama
@@ -138,13 +140,14 @@ def _kv_mib_from_llama_cpp(model_path: Path, n_ctx: int, type_k: int, type_v: in
     mp = lc.llama_model_default_params()
     model = lc.llama_model_load_from_file(str(model_path).encode(), mp)
     cp = lc.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_threads, cp.n_threads_batch = n_ctx, 64, 64, 1, 1
-    cp.type_k, cp.type_v, cp.flash_attn_type = type_k, type_v, lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_threads, cp.n_threads_batch = n_ctx, n_ubatch, n_ubatch, 1, 1
+    cp.type_k, cp.type_v = type_k, type_v
+    cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
     llama._log_lines.clear()
     ctx = lc.llama_init_from_model(model, cp)
     try:
         assert ctx, "llama.cpp refused the context"
-        sizes = [float(m.group(1)) for line in llama._log_lines if (m := re.search(r"llama_kv_cache: size =\s*([\d.]+) MiB", line))]
+        sizes = [float(m.group(1)) for line in llama._log_lines if (m := re.search(pattern + r"\s*([\d.]+) MiB", line))]
         assert sizes, list(llama._log_lines)
         return sum(sizes)
     finally:
@@ -173,8 +176,21 @@ def test_kv_estimate_matches_llama_cpp(head64, n_ctx, kv):
     info = gguf_info.read(head64)
     assert info.head_dim_k == 64
     ours = sum(estimate.kv_bytes_per_layer(info, n_ctx, *kv)) / MiB
-    theirs = _kv_mib_from_llama_cpp(head64, n_ctx, estimate.KV_GGML[kv[0]], estimate.KV_GGML[kv[1]])
+    theirs = _mib_from_llama_cpp(head64, n_ctx, estimate.KV_GGML[kv[0]], estimate.KV_GGML[kv[1]], r"llama_kv_cache: size =")
     assert ours == pytest.approx(theirs, abs=0.01)
+
+
+@pytest.mark.parametrize("n_ctx", [4096, 16384])
+def test_compute_without_flash_attention_grows_with_the_context(tiny, n_ctx):
+    """Without the flash kernel llama.cpp reserves the batch's attention scores in full; with it, not."""
+    info = gguf_info.read(tiny["target"])
+    f16 = estimate.KV_GGML["f16"]
+    off = _mib_from_llama_cpp(tiny["target"], n_ctx, f16, f16, r"CPU compute buffer size =", n_ubatch=512, flash=False)
+    on = _mib_from_llama_cpp(tiny["target"], n_ctx, f16, f16, r"CPU compute buffer size =", n_ubatch=512, flash=True)
+    ours = estimate.compute_touched(info, 512, n_ctx, flash_attn=False) / MiB
+    assert ours == pytest.approx(off, rel=0.05) and on < off / 4
+    assert estimate.compute_touched(info, 512, n_ctx, flash_attn=None) == estimate.compute_touched(info, 512)
+    assert estimate.compute_touched(info, 512, 2 * n_ctx, flash_attn=False) > 1.9 * estimate.compute_touched(info, 512, n_ctx, flash_attn=False)
 
 
 # ---------------------------------------------------------------- the planner
@@ -191,7 +207,7 @@ def test_plan_takes_the_largest_context_that_fits(synth):
 
 def test_plan_gives_up_context_then_kv_precision(synth):
     t, d = synth["target"], synth["draft"]
-    full = planner.plan(t, d, system=ram(64), cpu=NO_REPACK)
+    full = planner.plan(t, d, system=ram(64), cpu=NO_REPACK, flash_attn="on")  # the compute of every KV type
     kv8k = full.target_estimate.kv + full.draft_estimate.kv
     base = full.ram - kv8k
     # room for 8k at q8_0 but not f16: q8_0 at 8k is preferred over f16 at 4k
@@ -207,6 +223,29 @@ def test_plan_gives_up_context_then_kv_precision(synth):
     # a fixed context is kept; the KV type gives way
     p = planner.plan(t, d, n_ctx=8192, budget=base + int(kv8k * 0.3), system=ram(64), cpu=NO_REPACK)
     assert (p.n_ctx, p.type_k) == (8192, "q4_0")
+
+
+def test_plan_turns_flash_attention_off_on_the_cpu(synth):
+    """On the CPU the flash kernel is off unless a quantised V cache needs it; on a GPU llama.cpp chooses."""
+    t, d = synth["target"], synth["draft"]
+    cpu = planner.plan(t, d, n_ctx=4096, system=ram(64), cpu=NO_REPACK)
+    assert (cpu.flash_attn, cpu.draft_flash_attn) == (False, None)  # the draft decodes one token at a time
+    assert cpu.as_dict()["flash_attn"] == "off"
+    on = planner.plan(t, d, n_ctx=4096, system=ram(64), cpu=NO_REPACK, flash_attn="on")
+    assert on.flash_attn is True and on.target_estimate.compute < cpu.target_estimate.compute  # no scores matrix
+    assert on.draft_estimate.compute == cpu.draft_estimate.compute
+    q8 = planner.plan(t, d, n_ctx=4096, kv_type="q8_0", system=ram(64), cpu=NO_REPACK)
+    assert q8.flash_attn is True
+    gpu_plan = planner.plan(t, d, n_ctx=4096, n_gpu_layers=-1, draft_gpu_layers=0, system=ram(64, gpus=[gpu(24)]), cpu=NO_REPACK)
+    assert (gpu_plan.flash_attn, gpu_plan.draft_flash_attn) == (None, None)
+    with pytest.raises(UsageError, match="needs flash attention"):
+        planner.plan(t, d, n_ctx=4096, kv_type="q4_0", flash_attn="off", system=ram(64), cpu=NO_REPACK)
+    with pytest.raises(UsageError, match="unknown flash-attention"):
+        planner.plan(t, d, flash_attn="maybe", system=ram(64), cpu=NO_REPACK)
+    # off never falls back on a quantised cache: it gives up context instead
+    full = planner.plan(t, d, system=ram(64), cpu=NO_REPACK, flash_attn="off", use_mmap=True)
+    tight = planner.plan(t, d, flash_attn="off", budget=full.ram - 1, system=ram(64), cpu=NO_REPACK, use_mmap=True)
+    assert tight.type_k == "f16" and tight.n_ctx < full.n_ctx
 
 
 def test_plan_turns_mmap_off_when_repacking_would_double_weights(synth):
@@ -326,9 +365,10 @@ MEASURE = textwrap.dedent(
     from edgespec.llama.model import Model
 
     paths, n_ctx, n_prompt = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
-    models = [Model(p, n_ctx=n_ctx, n_threads=2, use_mmap=True) for p in paths]
+    flash = {"on": True, "off": False, "auto": None}
+    models = [Model(p, n_ctx=n_ctx, n_threads=2, use_mmap=True, flash_attn=flash[fa]) for p, fa in zip(paths, sys.argv[4].split(","))]
     for m in models:
-        text = "def fibonacci(n):\\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\\n" * 60
+        text = "def fibonacci(n):\\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\\n" * (n_prompt // 20 + 1)
         toks = m.tokenize(text)[:n_prompt]
         m.eval(toks, "last")  # prompt: one full batch when n_prompt >= 512
         for i in range(4):  # verification-sized steps: 5 positions with logits, then roll back
@@ -341,8 +381,8 @@ MEASURE = textwrap.dedent(
 )
 
 
-def measured_peak(paths, n_ctx, n_prompt) -> int:
-    p = subprocess.run([sys.executable, "-c", MEASURE, ",".join(map(str, paths)), str(n_ctx), str(n_prompt)],
+def measured_peak(paths, n_ctx, n_prompt, flash: list[str]) -> int:
+    p = subprocess.run([sys.executable, "-c", MEASURE, ",".join(map(str, paths)), str(n_ctx), str(n_prompt), ",".join(flash)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])["hwm"]
@@ -350,16 +390,23 @@ def measured_peak(paths, n_ctx, n_prompt) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc")
-@pytest.mark.parametrize("which, n_ctx, n_prompt", [("smollm2", 2048, 600), ("smollm2", 8192, 600), ("qwen", 2048, 32), ("qwen", 8192, 32)])
+@pytest.mark.parametrize("which, n_ctx, n_prompt", [("smollm2", 2048, 2040), ("smollm2", 8192, 8184), ("qwen", 2048, 32), ("qwen", 8192, 32)])
 def test_estimate_matches_peak_rss(request, which, n_ctx, n_prompt):
-    """Peak RSS of a process that loads the model(s), reads a prompt and verifies a few drafts, against
-    the planner's estimate for the same settings: within 15%. (SmolLM2 reads a full 512-token batch;
-    the Qwen pair a short prompt, to keep the run short on two cores.)"""
+    """Peak RSS of a process that loads the model(s) as planned, reads a prompt and verifies a few drafts,
+    against the planner's estimate for the same settings: within 15%. (SmolLM2 fills its context, the
+    last batch a full 512 tokens: without flash attention that batch's scores are the largest buffer;
+    the Qwen pair reads a short prompt, to keep the run short on two cores.)"""
     paths = [request.getfixturevalue("smollm2")] if which == "smollm2" else list(request.getfixturevalue("qwen_pair"))
     plan = planner.plan(paths[0], paths[1] if len(paths) > 1 else None, n_ctx=n_ctx, kv_type="f16", use_mmap=True, system=ram(64))
-    peak = measured_peak(paths, n_ctx, n_prompt)
-    err = (plan.ram - peak) / peak
-    print(f"\n{which} n_ctx={n_ctx} prompt={n_prompt}: estimate {plan.ram / MiB:.0f} MiB, peak RSS {peak / MiB:.0f} MiB ({err:+.1%})")
+    flash = [plan.as_dict()["flash_attn"], plan.as_dict()["draft_flash_attn"] or "auto"][: len(paths)]
+    peak = measured_peak(paths, n_ctx, n_prompt, flash)
+    # the estimate is for a full context; count the compute of the context this run reaches
+    reached = min(n_ctx, n_prompt + 5)
+    fa = [plan.flash_attn, plan.draft_flash_attn]
+    est = plan.ram - sum(e.compute - estimate.compute_touched(gguf_info.read(p), plan.n_ubatch, reached, f)
+                         for p, e, f in zip(paths, [plan.target_estimate, plan.draft_estimate], fa))
+    err = (est - peak) / peak
+    print(f"\n{which} n_ctx={n_ctx} prompt={n_prompt}: estimate {est / MiB:.0f} MiB, peak RSS {peak / MiB:.0f} MiB ({err:+.1%})")
     assert abs(err) < 0.15
 
 

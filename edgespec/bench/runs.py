@@ -213,7 +213,8 @@ class Bench:
             if ctl.adaptive and costs is None:
                 costs = {"verify_s": {str(n): v for n, v in sorted(ctl.costs.verify.items())}, "draft_token_s": ctl.costs.draft_token,
                          "position": ctl.costs.position,
-                         "attend_s": ctl.costs.attend, "attend_base_s": ctl.costs.attend_base}
+                         "attend_s": ctl.costs.attend, "attend_base_s": ctl.costs.attend_base,
+                         "flash_attn": getattr(self.target, "flash_attn", None)}
         return costs
 
     def warm_up(self) -> dict | None:

@@ -30,6 +30,7 @@ def calibrate(
             costs = cal.measure(tmodel, dmodel, k_max)
         cal.save(tmodel, dmodel, costs)
         paths = cpu_paths.report(cpu_paths.decide(load.amx), (tmodel, dmodel))
+        flash = getattr(tmodel, "flash_attn", "auto")
     finally:
         close(tmodel, dmodel)
 
@@ -54,7 +55,7 @@ def calibrate(
             "verify_s": {str(n): v for n, v in sorted(costs.verify.items())},
             "verify_relative": {str(n): round(v / base, 3) for n, v in sorted(costs.verify.items())},
             "position": costs.position,
-            "attend_s": costs.attend, "attend_base_s": costs.attend_base,
+            "attend_s": costs.attend, "attend_base_s": costs.attend_base, "flash_attn": flash,
             "draft_token_s": costs.draft_token, "draft_agreement": agree, "predicted_speedup": predicted,
             "break_even_acceptance": verdict, "cpu_paths": paths,
         }, indent=1))
@@ -70,7 +71,8 @@ def calibrate(
     out.print(t)
     if costs.attend or costs.attend_base:
         out.print(f"measured after {costs.position} tokens of context; each 1,000 more add "
-                  f"{costs.attend_base * 1e3:.1f} ms per batch + {(costs.attend or 0.0) * 1e3:.2f} ms per position")
+                  f"{costs.attend_base * 1e3:.1f} ms per batch + {(costs.attend or 0.0) * 1e3:.2f} ms per position "
+                  f"(flash attention {flash})")
     if costs.draft_token is not None:
         out.print(f"draft model: {costs.draft_token * 1e3:.1f} ms per token = {costs.draft_token / base:.2f} of a target step")
     if agree and agree["rate"] is not None:

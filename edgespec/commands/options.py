@@ -88,18 +88,20 @@ _THREADS = ("threads", Annotated[Optional[int], _opt("--threads", "-t", min=1, h
 _NGL = ("n_gpu_layers", Annotated[Optional[int], _opt("--n-gpu-layers", help="Target layers on the GPU, -1 for all (default: planned from GPU memory).")], None)
 _DNGL = ("draft_gpu_layers", Annotated[Optional[int], _opt("--draft-gpu-layers", help="Draft layers on the GPU, -1 for all (default: planned).")], None)
 _AMX = ("amx", Annotated[Optional[str], _opt("--amx", help="llama.cpp's AMX kernels for quantised weights: auto (probed once where the CPU has AMX), on or off (default: $EDGESPEC_AMX, else auto).")], None)
+_FA = ("flash_attn", Annotated[Optional[str], _opt("--flash-attn", help="llama.cpp's flash-attention kernel: auto (off for the target on a CPU, where it slows batched verification after a long context; otherwise llama.cpp's choice), on or off. A quantised KV cache turns it on.")], None)
 _GPU_BUDGET = ("gpu_budget", Annotated[Optional[str], _opt("--gpu-budget", help="GPU memory to use, e.g. 7.5GB (default: free GPU memory minus a margin).")], None)
 _MLOCK = ("mlock", Annotated[bool, typer.Option("--mlock", help="Lock the weights in RAM (if the memlock limit allows).")], False)
 
 
 def _load_options(ctx=None, kv_type=None, budget=None, threads=None, n_gpu_layers=None, draft_gpu_layers=None, amx=None,
-                  gpu_budget=None, mlock=False) -> LoadOptions:
+                  gpu_budget=None, mlock=False, flash_attn=None) -> LoadOptions:
     return LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, draft_gpu_layers=draft_gpu_layers,
-                       kv_type=kv_type, budget=budget, gpu_budget=gpu_budget, use_mlock=mlock or None, amx=amx)
+                       kv_type=kv_type, budget=budget, gpu_budget=gpu_budget, use_mlock=mlock or None, amx=amx,
+                       flash_attn=flash_attn)
 
 
-LOADING = Group("load", (_CTX, _KV, _BUDGET, _THREADS, _NGL, _DNGL, _AMX), _load_options)
-PLANNING = Group("load", (_CTX, _KV, _BUDGET, _GPU_BUDGET, _NGL, _DNGL, _MLOCK, _AMX), _load_options)  # `plan`: nothing is loaded
+LOADING = Group("load", (_CTX, _KV, _BUDGET, _THREADS, _NGL, _DNGL, _AMX, _FA), _load_options)
+PLANNING = Group("load", (_CTX, _KV, _BUDGET, _GPU_BUDGET, _NGL, _DNGL, _MLOCK, _AMX, _FA), _load_options)  # `plan`: nothing is loaded
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def plan(
         r.target, r.draft, n_ctx=load.n_ctx, budget=memory_budget(load), kv_type=load.kv_type,
         vram_budget=estimate.parse_size(load.gpu_budget, total=vram) if load.gpu_budget else None,
         n_gpu_layers=load.n_gpu_layers, draft_gpu_layers=load.draft_gpu_layers, use_mlock=load.use_mlock,
-        k=r.k if r.k is not None else 4, system=machine,
+        flash_attn=load.flash_attn, k=r.k if r.k is not None else 4, system=machine,
     )
     decision = cpu_paths.decide(load.amx)
     if decision.notice():
@@ -47,6 +47,14 @@ def plan(
         sys.stdout.write(json.dumps({**p.as_dict(), "cpu_paths": cpu_paths.report(decision)}, indent=1) + "\n")
         return
     print_plan(p, Console(), cpu_paths.summary(decision))
+
+
+def _fa_line(p) -> str:
+    name = {True: "on", False: "off", None: "llama.cpp's choice"}
+    line = f"target {name[p.flash_attn]}" + (f", draft {name[p.draft_flash_attn]}" if p.draft else "")
+    if p.type_v != "f16":
+        return line + " (the quantised KV cache needs it)"
+    return line + (" (on a CPU it makes batched verification after a long context slower)" if p.flash_attn is False else "")
 
 
 def print_plan(p, console: Console, cpu_line: str | None = None) -> None:
@@ -64,7 +72,8 @@ def print_plan(p, console: Console, cpu_line: str | None = None) -> None:
         ("target", p.target),
         ("draft", p.draft or "none (plain decoding)"),
         ("context", f"{p.n_ctx} tokens"),
-        ("KV cache", f"{p.type_k}" + (" (flash attention on)" if p.flash_attn else "")),
+        ("KV cache", p.type_k),
+        ("flash attention", _fa_line(p)),
         ("GPU layers", f"target {ngl(p.n_gpu_layers)}" + (f", draft {ngl(p.draft_gpu_layers)}" if p.draft else "") + f" ({p.offload})"),
         ("mmap / mlock", f"{'on' if p.use_mmap else 'off'} / {'on' if p.use_mlock else 'off'}"),
         *([("CPU weights", cpu_line)] if cpu_line else []),

@@ -130,8 +130,11 @@ class Model:
             cparams.type_k = int(type_k)
         if type_v is not None:
             cparams.type_v = int(type_v)
-        if flash_attn is not None:  # a quantised V cache needs flash attention
-            cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # True: on (a quantised V cache needs it); False: off; None: llama.cpp's choice (on where the
+        # backend has the kernel, which on a CPU is always)
+        cparams.flash_attn_type = {True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED, False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                                   None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO}[flash_attn]
+        self.flash_attn = {True: "on", False: "off", None: "auto"}[flash_attn]
         self._cparams = cparams
         self.n_batch = int(n_batch)
         self.n_threads = threads

@@ -53,6 +53,7 @@ def _key(target, draft) -> str:
         parts += [str(Path(m.path).resolve()), str(st.st_size), str(int(st.st_mtime)), str(m.n_gpu_layers), str(m.n_threads)]
     bucket = 1 << max(0, (target.n_ctx - 1).bit_length())  # context size bucket (power of two)
     parts.append(str(bucket))
+    parts.append("fa:" + str(getattr(target, "flash_attn", "auto")))  # the attention kernel changes the curve
     amx = (getattr(target, "cpu_paths", None) or {}).get("amx")
     if amx:  # the AMX kernels have a cost curve of their own
         parts.append("amx")

@@ -10,7 +10,10 @@ Estimate (per model, bytes; `ModelEstimate`)
   compute   on the CPU, the pages llama.cpp's compute buffer actually touches: a full prompt batch
             of n_ubatch tokens needs about n_ubatch x (3 n_ff + 6 n_embd) floats (FFN gate/up/product,
             residual stream, attention in/out). Calibrated on Qwen2.5 0.5B/1.5B, SmolLM2-135M and
-            Gemma 3 270M: within 6% of the measured growth (Gemma: 15% under, its extra norms). On a GPU the buffer is allocated
+            Gemma 3 270M: within 6% of the measured growth (Gemma: 15% under, its extra norms). Without
+            flash attention the batch's attention scores and mask are whole matrices: n_ubatch x n_ctx x
+            (n_head + 1) floats + 6 n_embd floats a row, when that is more (llama.cpp's reserve for
+            Qwen2.5 0.5B/1.5B at 16k and 32k contexts, to the MiB). On a GPU the buffer is allocated
             in full: max(that, n_ubatch x n_vocab floats for the logits + 2 n_ubatch x n_embd).
   output    the logits buffer: n_vocab floats per output row (n_outputs rows: one per verified
             draft position).
@@ -106,9 +109,13 @@ def kv_bytes_per_layer(info: gguf_read.GGUFInfo, n_ctx: int, type_k: str, type_v
     return out
 
 
-def compute_touched(info: gguf_read.GGUFInfo, n_ubatch: int) -> int:
-    """Compute-buffer bytes a full prompt batch touches (activations; see the module docstring)."""
-    return int(n_ubatch) * (3 * info.n_ff + 6 * info.n_embd) * 4
+def compute_touched(info: gguf_read.GGUFInfo, n_ubatch: int, n_ctx: int = 0, flash_attn: bool | None = None) -> int:
+    """Compute-buffer bytes a full prompt batch touches (activations; see the module docstring).
+    flash_attn False: attention without the flash kernel, whose scores grow with the context n_ctx."""
+    act = int(n_ubatch) * (3 * info.n_ff + 6 * info.n_embd) * 4
+    if flash_attn is False and n_ctx:
+        act = max(act, int(n_ubatch) * (pad_ctx(n_ctx) * (info.n_head + 1) + 6 * info.n_embd) * 4)
+    return act
 
 
 def compute_reserved(info: gguf_read.GGUFInfo, n_ubatch: int, with_output: bool = True) -> int:
@@ -169,8 +176,11 @@ def estimate_model(
     n_ubatch: int = 512,
     n_outputs: int = 16,
     cpu: CpuFeatures | None = None,
+    flash_attn: bool | None = None,
 ) -> ModelEstimate:
-    """Bytes `info` needs with these settings. unified: the GPU shares system RAM (Metal, iGPU)."""
+    """Bytes `info` needs with these settings. unified: the GPU shares system RAM (Metal, iGPU).
+    flash_attn: the attention kernel (edgespec.machine.planner.flash_attention); False grows the CPU
+    compute buffer with the context."""
     cpu = cpu if cpu is not None else cpu_features()
     n_ubatch = max(1, min(int(n_ubatch), pad_ctx(n_ctx)))
     on_gpu, output_on_gpu = gpu_split(info, n_gpu_layers) if n_gpu_layers else ([False] * info.n_layer, False)
@@ -212,7 +222,7 @@ def estimate_model(
         est.compute_vram = compute_reserved(info, n_ubatch, with_output=output_on_gpu)
         est.compute = compute_touched(info, n_ubatch) if not all(on_gpu) else n_ubatch * info.n_embd * 4 * 2
     else:
-        est.compute = compute_touched(info, n_ubatch)
+        est.compute = compute_touched(info, n_ubatch, n_ctx, flash_attn)
     est.output = max(1, int(n_outputs)) * info.vocab_size * 4
     est.overhead = MODEL_OVERHEAD_FIXED + MODEL_OVERHEAD_PER_TOKEN * info.vocab_size + MODEL_OVERHEAD_PER_MERGE * info.n_merges
     return est

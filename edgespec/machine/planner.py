@@ -35,6 +35,28 @@ GPU_VERIFY_COST = 0.05
 DEFAULT_ACCEPTANCE = 0.7
 
 
+FLASH_ATTN_SETTINGS = ("auto", "on", "off")
+
+
+def flash_attention(setting: str | None, type_v: str, on_gpu: bool, verifies: bool = True) -> bool | None:
+    """Whether llama.cpp runs a model's attention with its flash-attention kernel: True, False, or None
+    (llama.cpp's choice, which is on wherever the backend has the kernel).
+
+    setting: auto (None), on or off. A quantised V cache needs the kernel. Otherwise auto turns it off
+    for the model that verifies drafts (verifies) when its layers are on the CPU: ggml's CPU kernel
+    takes a batch's query rows one at a time, where the other path multiplies them as matrices, so a
+    verification batch after a long context costs more with it (32 positions after 2,000 tokens: 1.20 s
+    against 0.85 s on 2 Intel Xeon cores; the same after 256 tokens, and for one-token steps). The
+    price is memory: the batch's attention scores as a whole matrix (edgespec.machine.estimate). The
+    draft model decodes one token at a time, so it keeps llama.cpp's choice, as does a GPU.
+    """
+    if setting == "on" or type_v != "f16":
+        return True
+    if setting == "off":
+        return False
+    return None if on_gpu or not verifies else False
+
+
 class InsufficientMemoryError(EdgespecError):
     """No settings fit the memory budget; the message says what would."""
 
@@ -66,11 +88,17 @@ class Plan:
     vram_budget: int
     system: SystemMemory
     offload: str = "none"  # none | all | draft-first | target-first | user
+    flash_attn_setting: str | None = None  # auto (None) | on | off: see flash_attention
     notes: list[str] = field(default_factory=list)
 
     @property
-    def flash_attn(self) -> bool:
-        return self.type_v != "f16"
+    def flash_attn(self) -> bool | None:
+        """The target's attention kernel (flash_attention)."""
+        return flash_attention(self.flash_attn_setting, self.type_v, bool(self.n_gpu_layers) and bool(self.system.gpus))
+
+    @property
+    def draft_flash_attn(self) -> bool | None:
+        return flash_attention(self.flash_attn_setting, self.type_v, bool(self.draft_gpu_layers) and bool(self.system.gpus), verifies=False)
 
     @property
     def ggml_type_k(self) -> int:
@@ -93,7 +121,8 @@ class Plan:
     def as_dict(self) -> dict:
         return {
             "target": self.target, "draft": self.draft, "n_ctx": self.n_ctx, "type_k": self.type_k,
-            "type_v": self.type_v, "flash_attn": self.flash_attn, "n_gpu_layers": self.n_gpu_layers,
+            "type_v": self.type_v, "flash_attn": _fa_name(self.flash_attn),
+            "draft_flash_attn": _fa_name(self.draft_flash_attn) if self.draft else None, "n_gpu_layers": self.n_gpu_layers,
             "draft_gpu_layers": self.draft_gpu_layers, "use_mmap": self.use_mmap, "use_mlock": self.use_mlock,
             "n_ubatch": self.n_ubatch, "offload": self.offload,
             "estimate": {
@@ -158,6 +187,10 @@ def _speed(t_est: ModelEstimate, d_est: ModelEstimate | None, k: int, alpha: flo
     return plain * max(1.0, speedup(costs, k, alpha, costs.draft_token))
 
 
+def _fa_name(v: bool | None) -> str:
+    return {True: "on", False: "off", None: "auto"}[v]
+
+
 def plan(
     target,
     draft=None,
@@ -170,6 +203,7 @@ def plan(
     draft_gpu_layers: int | None = None,
     use_mmap: bool | None = None,
     use_mlock: bool | None = None,
+    flash_attn: str | None = None,
     k: int = 4,
     acceptance: float = DEFAULT_ACCEPTANCE,
     cpu_verify_cost: float | None = None,
@@ -187,6 +221,7 @@ def plan(
     context). budget: bytes of system RAM for the whole process (default: available RAM minus a
     margin); vram_budget likewise for dedicated GPU memory (summed over GPUs). kv_type, n_gpu_layers,
     draft_gpu_layers, use_mmap, use_mlock: fixed by the caller, or None for the planner to choose.
+    flash_attn: auto (None), on or off (see flash_attention); off keeps the KV cache f16.
     k, acceptance, cpu_verify_cost: what the throughput model that places layers on a GPU assumes (the
     draft length, the acceptance rate, the cost of an extra verified position on the CPU; see _speed).
 
@@ -200,6 +235,10 @@ def plan(
     cpu_verify_cost = default_cpu_verify_cost() if cpu_verify_cost is None else cpu_verify_cost
     if kv_type is not None and kv_type not in KV_TYPES:
         raise UsageError(f"unknown KV cache type {kv_type!r}", f"use one of {', '.join(KV_TYPES)}")
+    if flash_attn not in (None, *FLASH_ATTN_SETTINGS):
+        raise UsageError(f"unknown flash-attention setting {flash_attn!r}", f"use one of {', '.join(FLASH_ATTN_SETTINGS)}")
+    if flash_attn == "off" and kv_type not in (None, "f16"):
+        raise UsageError(f"a {kv_type} KV cache needs flash attention", "drop --flash-attn off or use --kv-type f16")
     if n_ctx is not None and n_ctx < 16:
         raise UsageError(f"the context must be at least 16 tokens, got {n_ctx}")
     if budget is None:
@@ -232,22 +271,22 @@ def plan(
             contexts.append(c)
             c //= 2
         contexts = contexts or [top]
-    kv_order = [kv_type] if kv_type else list(KV_TYPES)
+    kv_order = [kv_type] if kv_type else (["f16"] if flash_attn == "off" else list(KV_TYPES))
     trials = [(c, kv) for c in contexts for kv in kv_order if kv != "q4_0"] + [(c, "q4_0") for c in contexts if "q4_0" in kv_order]
     mmaps = [use_mmap] if use_mmap is not None else [True, False]
 
     def build(ctx, kv, mmap, t_ngl, d_ngl, offload):
         kw = dict(n_ctx=ctx, type_k=kv, type_v=kv, use_mmap=mmap, unified=unified is not None, n_ubatch=n_ubatch, n_outputs=n_outputs, cpu=cpu)
         gpu = bool(system.gpus)  # without a GPU llama.cpp ignores n_gpu_layers
-        te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, **kw)
-        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, **kw) if dinfo else None
+        te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv, gpu and bool(t_ngl)), **kw)
+        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv, gpu and bool(d_ngl), verifies=False), **kw) if dinfo else None
         if de is not None and mmap and same_file:
             de.weights = 0  # one file mapped twice: the page cache holds it once
         return Plan(
             target=str(tinfo.path), draft=str(dinfo.path) if dinfo else None, n_ctx=ctx, type_k=kv, type_v=kv,
             n_gpu_layers=t_ngl, draft_gpu_layers=d_ngl, use_mmap=mmap, use_mlock=False, n_ubatch=n_ubatch,
             target_estimate=te, draft_estimate=de, process_overhead=PROCESS_OVERHEAD, budget=budget,
-            vram_budget=vram_budget, system=system, offload=offload,
+            vram_budget=vram_budget, system=system, offload=offload, flash_attn_setting=flash_attn,
         )
 
     def placements(ctx, kv, mmap):

@@ -24,18 +24,18 @@ def load_pair(target: str | Path, draft: str | Path | None, opts: LoadOptions) -
     plan = planner.plan(
         target, draft, n_ctx=opts.n_ctx, budget=memory_budget(opts), kv_type=opts.kv_type,
         n_gpu_layers=opts.n_gpu_layers, draft_gpu_layers=opts.draft_gpu_layers, use_mlock=opts.use_mlock,
+        flash_attn=opts.flash_attn,
     )
     common = dict(
         cpu=cpu_paths.decide(opts.amx), n_ctx=plan.n_ctx, n_threads=opts.n_threads, n_batch=plan.n_ubatch,
         use_mmap=plan.use_mmap, use_mlock=plan.use_mlock, type_k=plan.ggml_type_k, type_v=plan.ggml_type_v,
-        flash_attn=plan.flash_attn,
     )
-    t = Model(target, n_gpu_layers=plan.n_gpu_layers, **common)
+    t = Model(target, n_gpu_layers=plan.n_gpu_layers, flash_attn=plan.flash_attn, **common)
     t.plan = plan
     if draft is None:
         return t, None
     try:
-        d = Model(draft, n_gpu_layers=plan.draft_gpu_layers, **common)
+        d = Model(draft, n_gpu_layers=plan.draft_gpu_layers, flash_attn=plan.draft_flash_attn, **common)
     except BaseException:
         t.close()
         raise

@@ -32,6 +32,7 @@ class LoadOptions:
     gpu_budget: str | None = None
     use_mlock: bool | None = None
     amx: str | None = None  # auto | on | off (None: $EDGESPEC_AMX, else auto)
+    flash_attn: str | None = None  # auto | on | off (edgespec.machine.planner.flash_attention)
 
     def __post_init__(self) -> None:
         from edgespec.machine.cpu_paths import setting_from
@@ -42,6 +43,10 @@ class LoadOptions:
             raise UsageError(f"--ctx must be at least {CTX_FLOOR} tokens, got {self.n_ctx}")
         if self.n_threads is not None and self.n_threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.n_threads}")
+        if self.flash_attn is not None and self.flash_attn not in ("auto", "on", "off"):
+            raise UsageError(f"unknown --flash-attn {self.flash_attn!r}", "use one of auto, on, off")
+        if self.flash_attn == "off" and self.kv_type not in (None, "f16"):
+            raise UsageError(f"--kv-type {self.kv_type} needs flash attention", "drop --flash-attn off or use --kv-type f16")
         setting_from(self.amx)  # refuses a value that is not auto, on or off (also in $EDGESPEC_AMX)
 
 
