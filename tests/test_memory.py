@@ -225,24 +225,21 @@ def test_plan_gives_up_context_then_kv_precision(synth):
     assert (p.n_ctx, p.type_k) == (8192, "q4_0")
 
 
-def test_plan_turns_flash_attention_off_on_the_cpu(synth):
-    """On the CPU the flash kernel is off unless a quantised V cache needs it; on a GPU llama.cpp chooses."""
+def test_plan_flash_attention_settings(synth):
+    """auto is llama.cpp's choice unless a quantised V cache needs the kernel; off counts the scores
+    matrix it then holds, and never falls back on a quantised cache."""
     t, d = synth["target"], synth["draft"]
-    cpu = planner.plan(t, d, n_ctx=4096, system=ram(64), cpu=NO_REPACK)
-    assert (cpu.flash_attn, cpu.draft_flash_attn) == (False, None)  # the draft decodes one token at a time
-    assert cpu.as_dict()["flash_attn"] == "off"
-    on = planner.plan(t, d, n_ctx=4096, system=ram(64), cpu=NO_REPACK, flash_attn="on")
-    assert on.flash_attn is True and on.target_estimate.compute < cpu.target_estimate.compute  # no scores matrix
-    assert on.draft_estimate.compute == cpu.draft_estimate.compute
+    auto = planner.plan(t, d, n_ctx=4096, system=ram(64), cpu=NO_REPACK)
+    assert (auto.flash_attn, auto.draft_flash_attn) == (None, None) and auto.as_dict()["flash_attn"] == "auto"
+    off = planner.plan(t, d, n_ctx=4096, system=ram(64), cpu=NO_REPACK, flash_attn="off")
+    assert (off.flash_attn, off.draft_flash_attn) == (False, False)
+    assert off.target_estimate.compute > auto.target_estimate.compute  # the scores matrix
     q8 = planner.plan(t, d, n_ctx=4096, kv_type="q8_0", system=ram(64), cpu=NO_REPACK)
-    assert q8.flash_attn is True
-    gpu_plan = planner.plan(t, d, n_ctx=4096, n_gpu_layers=-1, draft_gpu_layers=0, system=ram(64, gpus=[gpu(24)]), cpu=NO_REPACK)
-    assert (gpu_plan.flash_attn, gpu_plan.draft_flash_attn) == (None, None)
+    assert q8.flash_attn is True and q8.draft_flash_attn is True
     with pytest.raises(UsageError, match="needs flash attention"):
         planner.plan(t, d, n_ctx=4096, kv_type="q4_0", flash_attn="off", system=ram(64), cpu=NO_REPACK)
     with pytest.raises(UsageError, match="unknown flash-attention"):
         planner.plan(t, d, flash_attn="maybe", system=ram(64), cpu=NO_REPACK)
-    # off never falls back on a quantised cache: it gives up context instead
     full = planner.plan(t, d, system=ram(64), cpu=NO_REPACK, flash_attn="off", use_mmap=True)
     tight = planner.plan(t, d, flash_attn="off", budget=full.ram - 1, system=ram(64), cpu=NO_REPACK, use_mmap=True)
     assert tight.type_k == "f16" and tight.n_ctx < full.n_ctx

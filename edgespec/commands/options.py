@@ -88,7 +88,7 @@ _THREADS = ("threads", Annotated[Optional[int], _opt("--threads", "-t", min=1, h
 _NGL = ("n_gpu_layers", Annotated[Optional[int], _opt("--n-gpu-layers", help="Target layers on the GPU, -1 for all (default: planned from GPU memory).")], None)
 _DNGL = ("draft_gpu_layers", Annotated[Optional[int], _opt("--draft-gpu-layers", help="Draft layers on the GPU, -1 for all (default: planned).")], None)
 _AMX = ("amx", Annotated[Optional[str], _opt("--amx", help="llama.cpp's AMX kernels for quantised weights: auto (probed once where the CPU has AMX), on or off (default: $EDGESPEC_AMX, else auto).")], None)
-_FA = ("flash_attn", Annotated[Optional[str], _opt("--flash-attn", help="llama.cpp's flash-attention kernel: auto (off for the target on a CPU, where it slows batched verification after a long context; otherwise llama.cpp's choice), on or off. A quantised KV cache turns it on.")], None)
+_FA = ("flash_attn", Annotated[Optional[str], _opt("--flash-attn", help="llama.cpp's flash-attention kernel: auto (llama.cpp's choice), on or off. Off makes batched verification on a CPU after a long context cheaper, but batched and one-token results then differ more. A quantised KV cache turns it on.")], None)
 _GPU_BUDGET = ("gpu_budget", Annotated[Optional[str], _opt("--gpu-budget", help="GPU memory to use, e.g. 7.5GB (default: free GPU memory minus a margin).")], None)
 _MLOCK = ("mlock", Annotated[bool, typer.Option("--mlock", help="Lock the weights in RAM (if the memlock limit allows).")], False)
 

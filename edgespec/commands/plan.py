@@ -54,7 +54,7 @@ def _fa_line(p) -> str:
     line = f"target {name[p.flash_attn]}" + (f", draft {name[p.draft_flash_attn]}" if p.draft else "")
     if p.type_v != "f16":
         return line + " (the quantised KV cache needs it)"
-    return line + (" (on a CPU it makes batched verification after a long context slower)" if p.flash_attn is False else "")
+    return line
 
 
 def print_plan(p, console: Console, cpu_line: str | None = None) -> None:

@@ -38,23 +38,25 @@ DEFAULT_ACCEPTANCE = 0.7
 FLASH_ATTN_SETTINGS = ("auto", "on", "off")
 
 
-def flash_attention(setting: str | None, type_v: str, on_gpu: bool, verifies: bool = True) -> bool | None:
+def flash_attention(setting: str | None, type_v: str, on_gpu: bool) -> bool | None:
     """Whether llama.cpp runs a model's attention with its flash-attention kernel: True, False, or None
     (llama.cpp's choice, which is on wherever the backend has the kernel).
 
-    setting: auto (None), on or off. A quantised V cache needs the kernel. Otherwise auto turns it off
-    for the model that verifies drafts (verifies) when its layers are on the CPU: ggml's CPU kernel
-    takes a batch's query rows one at a time, where the other path multiplies them as matrices, so a
-    verification batch after a long context costs more with it (32 positions after 2,000 tokens: 1.20 s
-    against 0.85 s on 2 Intel Xeon cores; the same after 256 tokens, and for one-token steps). The
-    price is memory: the batch's attention scores as a whole matrix (edgespec.machine.estimate). The
-    draft model decodes one token at a time, so it keeps llama.cpp's choice, as does a GPU.
+    setting: auto (None), on or off. A quantised V cache needs the kernel. Off is faster for batched
+    verification on a CPU after a long context: ggml's CPU kernel takes a batch's query rows one at a
+    time, where the other path multiplies them as matrices (32 positions after 2,000 tokens: 1.20 s
+    with it against 0.85 s without on 2 Intel Xeon cores; the same after 256 tokens, and for one-token
+    steps). It is not the default: the kernel computes each row the same whatever the batch, the
+    matrix path does not, and with it off a model drafting for itself no longer agrees with itself
+    on every token (SmolLM2 135M: 86-90% of drafts accepted instead of all). Off also holds the
+    batch's attention scores as a whole matrix (edgespec.machine.estimate). on_gpu: kept for the
+    day auto differs between devices; today auto is llama.cpp's choice everywhere.
     """
     if setting == "on" or type_v != "f16":
         return True
     if setting == "off":
         return False
-    return None if on_gpu or not verifies else False
+    return None
 
 
 class InsufficientMemoryError(EdgespecError):
@@ -98,7 +100,7 @@ class Plan:
 
     @property
     def draft_flash_attn(self) -> bool | None:
-        return flash_attention(self.flash_attn_setting, self.type_v, bool(self.draft_gpu_layers) and bool(self.system.gpus), verifies=False)
+        return flash_attention(self.flash_attn_setting, self.type_v, bool(self.draft_gpu_layers) and bool(self.system.gpus))
 
     @property
     def ggml_type_k(self) -> int:
@@ -279,7 +281,7 @@ def plan(
         kw = dict(n_ctx=ctx, type_k=kv, type_v=kv, use_mmap=mmap, unified=unified is not None, n_ubatch=n_ubatch, n_outputs=n_outputs, cpu=cpu)
         gpu = bool(system.gpus)  # without a GPU llama.cpp ignores n_gpu_layers
         te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv, gpu and bool(t_ngl)), **kw)
-        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv, gpu and bool(d_ngl), verifies=False), **kw) if dinfo else None
+        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv, gpu and bool(d_ngl)), **kw) if dinfo else None
         if de is not None and mmap and same_file:
             de.weights = 0  # one file mapped twice: the page cache holds it once
         return Plan(
