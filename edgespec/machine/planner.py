@@ -38,7 +38,7 @@ DEFAULT_ACCEPTANCE = 0.7
 FLASH_ATTN_SETTINGS = ("auto", "on", "off")
 
 
-def flash_attention(setting: str | None, type_v: str, on_gpu: bool) -> bool | None:
+def flash_attention(setting: str | None, type_v: str) -> bool | None:
     """Whether llama.cpp runs a model's attention with its flash-attention kernel: True, False, or None
     (llama.cpp's choice, which is on wherever the backend has the kernel).
 
@@ -49,8 +49,7 @@ def flash_attention(setting: str | None, type_v: str, on_gpu: bool) -> bool | No
     steps). It is not the default: the kernel computes each row the same whatever the batch, the
     matrix path does not, and with it off a model drafting for itself no longer agrees with itself
     on every token (SmolLM2 135M: 86-90% of drafts accepted instead of all). Off also holds the
-    batch's attention scores as a whole matrix (edgespec.machine.estimate). on_gpu: kept for the
-    day auto differs between devices; today auto is llama.cpp's choice everywhere.
+    batch's attention scores as a whole matrix (edgespec.machine.estimate).
     """
     if setting == "on" or type_v != "f16":
         return True
@@ -96,11 +95,11 @@ class Plan:
     @property
     def flash_attn(self) -> bool | None:
         """The target's attention kernel (flash_attention)."""
-        return flash_attention(self.flash_attn_setting, self.type_v, bool(self.n_gpu_layers) and bool(self.system.gpus))
+        return flash_attention(self.flash_attn_setting, self.type_v)
 
     @property
     def draft_flash_attn(self) -> bool | None:
-        return flash_attention(self.flash_attn_setting, self.type_v, bool(self.draft_gpu_layers) and bool(self.system.gpus))
+        return flash_attention(self.flash_attn_setting, self.type_v)  # the same kernel: a self-draft must agree
 
     @property
     def ggml_type_k(self) -> int:
@@ -280,8 +279,8 @@ def plan(
     def build(ctx, kv, mmap, t_ngl, d_ngl, offload):
         kw = dict(n_ctx=ctx, type_k=kv, type_v=kv, use_mmap=mmap, unified=unified is not None, n_ubatch=n_ubatch, n_outputs=n_outputs, cpu=cpu)
         gpu = bool(system.gpus)  # without a GPU llama.cpp ignores n_gpu_layers
-        te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv, gpu and bool(t_ngl)), **kw)
-        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv, gpu and bool(d_ngl)), **kw) if dinfo else None
+        te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv), **kw)
+        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv), **kw) if dinfo else None
         if de is not None and mmap and same_file:
             de.weights = 0  # one file mapped twice: the page cache holds it once
         return Plan(
