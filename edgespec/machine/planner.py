@@ -19,6 +19,7 @@ from edgespec.machine.estimate import (
     KV_GGML, KV_TYPES, PROCESS_OVERHEAD, ModelEstimate, default_ram_margin, default_vram_margin, estimate_model, fmt_bytes,
 )
 from edgespec.machine.system import SystemMemory, system_memory
+from edgespec.session.options import FLASH_ATTN_SETTINGS
 
 DEFAULT_MAX_CTX = 8192
 MIN_CTX = 2048
@@ -33,9 +34,6 @@ CPU_VERIFY_COST_FEW_CORES = 0.55
 CPU_VERIFY_COST_MANY_CORES = 0.15
 GPU_VERIFY_COST = 0.05
 DEFAULT_ACCEPTANCE = 0.7
-
-
-FLASH_ATTN_SETTINGS = ("auto", "on", "off")
 
 
 def flash_attention(setting: str | None, type_v: str) -> bool | None:
@@ -279,8 +277,9 @@ def plan(
     def build(ctx, kv, mmap, t_ngl, d_ngl, offload):
         kw = dict(n_ctx=ctx, type_k=kv, type_v=kv, use_mmap=mmap, unified=unified is not None, n_ubatch=n_ubatch, n_outputs=n_outputs, cpu=cpu)
         gpu = bool(system.gpus)  # without a GPU llama.cpp ignores n_gpu_layers
-        te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv), **kw)
-        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, flash_attn=flash_attention(flash_attn, kv), **kw) if dinfo else None
+        fa = flash_attention(flash_attn, kv)
+        te = estimate_model(tinfo, n_gpu_layers=t_ngl if gpu else 0, flash_attn=fa, **kw)
+        de = estimate_model(dinfo, n_gpu_layers=d_ngl if gpu else 0, flash_attn=fa, **kw) if dinfo else None
         if de is not None and mmap and same_file:
             de.weights = 0  # one file mapped twice: the page cache holds it once
         return Plan(

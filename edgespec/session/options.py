@@ -15,6 +15,7 @@ from edgespec.core.verify import SamplingParams
 from edgespec.errors import UsageError
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
+FLASH_ATTN_SETTINGS = ("auto", "on", "off")  # llama.cpp's flash-attention kernel (edgespec.machine.planner.flash_attention)
 K_LIMIT = 64  # the longest fixed draft a user may ask for
 CTX_FLOOR = 16  # the smallest context anyone may ask for
 
@@ -43,8 +44,8 @@ class LoadOptions:
             raise UsageError(f"--ctx must be at least {CTX_FLOOR} tokens, got {self.n_ctx}")
         if self.n_threads is not None and self.n_threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.n_threads}")
-        if self.flash_attn is not None and self.flash_attn not in ("auto", "on", "off"):
-            raise UsageError(f"unknown --flash-attn {self.flash_attn!r}", "use one of auto, on, off")
+        if self.flash_attn is not None and self.flash_attn not in FLASH_ATTN_SETTINGS:
+            raise UsageError(f"unknown --flash-attn {self.flash_attn!r}", f"use one of {', '.join(FLASH_ATTN_SETTINGS)}")
         if self.flash_attn == "off" and self.kv_type not in (None, "f16"):
             raise UsageError(f"--kv-type {self.kv_type} needs flash attention", "drop --flash-attn off or use --kv-type f16")
         setting_from(self.amx)  # refuses a value that is not auto, on or off (also in $EDGESPEC_AMX)
