@@ -591,3 +591,52 @@ def test_the_controller_prices_batches_at_the_context_in_use():
     assert seen["knows"].costs.scale == pytest.approx(1.0, abs=0.01)
     assert seen["blind"].costs.scale > 1.15
     assert knows.speedup > 1.5 and knows.speedup >= 0.95 * blind.speedup
+
+
+# ---------------------------------------------------------------------- what one answer may lose
+# A steep 2-core EPYC's shape (edgespec calibrate there): a 16-position batch costs 6 single steps.
+EPYC = {1: 1.0, 2: 2.15, 3: 2.75, 4: 3.27, 5: 4.08, 6: 4.29, 8: 5.64, 10: 6.27, 12: 6.66, 16: 6.13, 24: 10.9,
+        32: 10.4, 48: 16.5, 64: 20.2}
+
+
+def _restated(copied: int, n: int = 64) -> tuple[list[int], list[int]]:
+    """A short answer that opens by restating `copied` tokens of the question, then writes its own."""
+    q = np.random.default_rng(0).permutation(np.arange(100, 200)).tolist()[:40]
+    return [1, 2] + q + [3], q[:copied] + list(range(500, 500 + n - copied))
+
+
+def test_a_long_draft_that_fails_cannot_sink_a_short_answer():
+    # Seen on the short suite (chat-float, 0.93x plain): after 18 tokens copied from the question, a
+    # 15-token draft on a 16-position batch, 1 token accepted, in a 64-token answer.
+    prompt, answer = _restated(18)
+    reckless = replay(prompt, answer, Costs(dict(EPYC)), make_controller=lambda c: Controller(c, mode="auto", has_model=False, risk=1e9))
+    assert reckless.speedup < 0.95 and max(reckless.k_hist) >= 12  # the choice by expected speed alone
+    safe = replay(prompt, answer, Costs(dict(EPYC)), make_controller=lambda c: Controller(c, mode="auto", has_model=False))
+    assert safe.speedup >= 0.98
+
+
+def test_the_loss_allowance_grows_with_what_drafts_have_won():
+    ctl = Controller(Costs(dict(EPYC)), mode="auto", has_model=False)
+    ctl.begin(64)
+    start = ctl.loss_room
+    assert start == pytest.approx(0.02 * 64)
+    ctl.update(Drafter.NGRAM, [20.0, 21.0, 22.0], 3, 0.0, EPYC[4])  # 4 tokens for 3.27 steps
+    assert ctl.loss_room == pytest.approx(start + 4 - 3.27)
+    ctl.update(Drafter.NGRAM, [20.0] * 15, 0, 0.0, EPYC[16])  # 1 token for 6.13 steps
+    assert ctl.loss_room == pytest.approx(start + 4 - 3.27 + 1 - 6.13)
+    ctl.begin(1000)  # a new answer: its own allowance, up to RISK_HORIZON tokens
+    assert ctl.loss_room == pytest.approx(0.02 * 512)
+
+
+def test_a_draft_is_chosen_only_within_the_allowance():
+    ctl = Controller(Costs(dict(EPYC)), mode="auto", has_model=False)
+    for _ in range(40):  # lookups of this length have always gone on
+        ctl.observe_lookups([([30.0 + i for i in range(16)], 16)])
+    ctl.begin(64)  # 1.28 plain steps may be lost: no draft longer than one token fits this curve
+    assert ctl.choose(ngram_len=16, ngram_conf=30.0, context=256).k <= 1
+    ctl.begin(256)  # 5.12: a 16-position batch (6.13 steps, 5.13 beyond a plain one) does not fit yet
+    c = ctl.choose(ngram_len=16, ngram_conf=30.0, context=256)
+    assert c.drafter == Drafter.NGRAM and 1 < c.k < 15
+    for _ in range(3):  # three 3-token drafts accepted: 0.73 steps won each
+        ctl.update(Drafter.NGRAM, [30.0, 31.0, 32.0], 3, 0.0, EPYC[4])
+    assert ctl.choose(ngram_len=16, ngram_conf=30.0, context=256).k == 15

@@ -90,6 +90,7 @@ def generate(
         )
     ctl = controller or Controller.fixed(k, has_model=draft is not None)
     ctl, draft, note = _limits(ctl, target, draft)
+    ctl.begin(max_tokens)
     ban = np.asarray(suppress, dtype=np.int64) if len(suppress) else None
     ngram = ContextDrafter(context, memory=memory)
     model = ModelDrafter(draft, ban, target.n_vocab) if draft is not None and ctl.uses(Drafter.MODEL) else None

@@ -26,6 +26,7 @@ NGRAM_EDGES = _LENGTHS + tuple(_ALIGNED + e for e in _LENGTHS)
 NGRAM_PRIOR = ((0.45, 0.6, 0.7, 0.75, 0.85, 0.87, 0.88, 0.9, 0.93, 0.95, 0.98)
                + (0.7, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.97, 0.98, 0.985, 0.99))
 CATCH_UP_STEPS = 16  # steps a draft model that was brought up to date is expected to serve
+RISK_HORIZON = 512  # tokens of an answer the loss allowance is reckoned over (at most its budget)
 
 
 @dataclass
@@ -259,7 +260,7 @@ class Controller:
     """
 
     def __init__(self, costs: Costs, *, mode: Mode | str = Mode.AUTO, k: int | None = None, k_max: int = 64,
-                 has_model: bool = True, margin: float = 0.03):
+                 has_model: bool = True, margin: float = 0.03, risk: float = 0.02):
         self.costs = costs
         self.mode = Mode.parse(mode)
         if k is not None and k < 0:
@@ -304,6 +305,17 @@ class Controller:
         self.probe_every = 16
         self.since_plain = 0
         self._probing = False
+        # What drafting may lose in one answer. Choosing by expected speed is right on average, but
+        # one long draft that fails costs a steep CPU many plain steps (16 positions: 6-9 of them on
+        # the AMD machines), and a short answer has no time to win it back: a 15-token draft taken
+        # on a 17-token match in a 64-token chat answer, 1 token accepted, made it 0.93x plain. So in
+        # auto mode a draft is chosen only if, should it all be rejected, what drafting has lost in
+        # this answer (in plain steps, by the cost model) stays within `risk` of the answer's plain
+        # decoding time (over its budget, up to RISK_HORIZON tokens) plus what drafting has gained
+        # in it so far. Once copies pay, gains buy longer drafts; until then drafts start short.
+        self.risk = risk
+        self._allowance = risk * RISK_HORIZON  # plain steps; begin() sets it from the answer's budget
+        self._banked = 0.0  # plain steps drafting has saved (negative: lost) in this answer, by the cost model
 
     @classmethod
     def fixed(cls, k: int, *, has_model: bool) -> "Controller":
@@ -331,6 +343,16 @@ class Controller:
         """Stop offering a drafter for the rest of the generation (the model cannot serve it)."""
         if drafter == Drafter.MODEL:
             self.has_model = False
+
+    def begin(self, budget: int) -> None:
+        """A new answer of at most `budget` tokens: its loss allowance starts afresh (what was learnt stays)."""
+        self._allowance = self.risk * min(budget, RISK_HORIZON)
+        self._banked = 0.0
+
+    @property
+    def loss_room(self) -> float:
+        """Plain steps a draft chosen now may lose if it is all rejected."""
+        return self._allowance + self._banked
 
     # ------------------------------------------------------------------ choosing
     def might_use_model(self) -> bool:
@@ -365,17 +387,23 @@ class Controller:
                 return Choice(Drafter.NGRAM, min(k, ngram_len))
             return none
 
-        plain = 1.0 / self.costs.verify_cost(1)
+        one = self.costs.verify_cost(1)
+        plain = 1.0 / one
+        # auto: the most a draft may cost beyond a plain step if it is all rejected (see `risk`)
+        room = one * self.loss_room if self.mode is Mode.AUTO else float("inf")
         options: list[tuple[float, Choice]] = []
         if self.uses(Drafter.MODEL) and self.costs.draft_token is not None:
-            # Catching up is paid once and then serves the steps after it: charged over CATCH_UP_STEPS.
-            fixed = self.costs.catch_up_cost(draft_lag - 1) / CATCH_UP_STEPS if draft_lag > 2 else 0.0
-            options.append(self._best_k(Drafter.MODEL, [self.model_rate] * k_max, self.costs.draft_cost(), fixed))
+            # Catching up is paid once and then serves the steps after it: charged over CATCH_UP_STEPS
+            # (all of it counts against the loss allowance: it is paid now).
+            lag_cost = self.costs.catch_up_cost(draft_lag - 1) if draft_lag > 2 else 0.0
+            options.append(self._best_k(Drafter.MODEL, [self.model_rate] * k_max, self.costs.draft_cost(),
+                                        lag_cost / CATCH_UP_STEPS, max_loss=room - lag_cost))
         if self.uses(Drafter.NGRAM) and ngram_len:
             # Per position: the i-th drafted token extends the match to ngram_conf + i tokens.
             n = min(ngram_len, k_max)
             options.append(self._best_k(Drafter.NGRAM, self.ngram_acc.cautious_run(ngram_conf, n), 0.0,
-                                        gain=self.ngram_calibration))
+                                        gain=self.ngram_calibration, max_loss=room))
+        options = [o for o in options if o[0] > 0]  # rate 0: no k within the loss allowance
         if not options:
             return none
         if self.mode is Mode.AUTO and self.since_plain >= self.probe_every:
@@ -394,15 +422,21 @@ class Controller:
         return (self._ngram_accepted + w) / (self._ngram_expected + w)
 
     def _best_k(self, drafter: Drafter, accept: list[float], per_token: float, fixed: float = 0.0,
-                gain: float = 1.0) -> tuple[float, Choice]:
-        """The k with the most expected tokens per second; gain scales the drafted part of the expectation."""
+                gain: float = 1.0, max_loss: float = float("inf")) -> tuple[float, Choice]:
+        """The k with the most expected tokens per second; gain scales the drafted part of the expectation.
+        max_loss: seconds a k may cost beyond a plain step (if every drafted token is rejected); none
+        within it: rate 0."""
         fixed += self.costs.ngram_lookup if drafter == Drafter.NGRAM else 0.0
+        one = self.costs.verify_cost(1)
         best = (0.0, Choice(drafter, 1))
         drafted, run = 0.0, 1.0  # expected_tokens(accept[:k]) - 1, kept as k grows
         for k, a in enumerate(accept, 1):
             run *= a
             drafted += run
-            rate = (1.0 + gain * drafted) / (fixed + k * per_token + self.costs.verify_cost(k + 1))
+            t = k * per_token + self.costs.verify_cost(k + 1)
+            if t - one > max_loss:
+                continue  # the curve need not rise: a longer k may still fit
+            rate = (1.0 + gain * drafted) / (fixed + t)
             if rate > best[0]:
                 best = (rate, Choice(drafter, k))
         return best
@@ -438,6 +472,9 @@ class Controller:
             self.since_plain = 0
         else:
             self.since_plain += 1
+            # what this step gained or lost against plain decoding, by the cost model (before it learns)
+            spent = self.costs.verify_cost(n + 1) + (n * (self.costs.draft_cost() or 0.0) if drafter == Drafter.MODEL else 0.0)
+            self._banked += accepted + 1 - spent / self.costs.verify_cost(1)
         self.costs.observe_verify(n + 1, t_verify)
         if drafter == Drafter.NGRAM and n:
             run = 1.0
