@@ -314,8 +314,9 @@ class Controller:
         # decoding time (over its budget, up to RISK_HORIZON tokens) plus what drafting has gained
         # in it so far. Once copies pay, gains buy longer drafts; until then drafts start short.
         self.risk = risk
-        self._allowance = risk * RISK_HORIZON  # plain steps; begin() sets it from the answer's budget
+        self._allowance = 0.0  # plain steps; begin() sets it from the answer's budget
         self._banked = 0.0  # plain steps drafting has saved (negative: lost) in this answer, by the cost model
+        self.begin(RISK_HORIZON)
 
     @classmethod
     def fixed(cls, k: int, *, has_model: bool) -> "Controller":
