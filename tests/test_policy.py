@@ -628,6 +628,19 @@ def test_the_loss_allowance_grows_with_what_drafts_have_won():
     assert ctl.loss_room == pytest.approx(0.02 * 512)
 
 
+def test_catching_the_draft_model_up_is_lost_from_the_allowance():
+    """Reading what the draft model missed is paid whatever its drafts then win: the allowance loses it."""
+    c = Costs({n: 1.0 + 0.1 * (n - 1) for n in range(1, 18)}, draft_token=0.05, catch_up_token=0.01)
+    ctl = Controller(c, mode="auto")
+    ctl.begin(512)
+    start = ctl.loss_room
+    ctl.observe_catch_up(300, 3.0)  # priced by the model as the choice saw it: 300 x 0.01 s = 3 plain steps
+    assert ctl.loss_room == pytest.approx(start - 3.0)
+    assert c.catch_up_token == pytest.approx(0.01)  # one observation does not move it (it settles over several)
+    ctl.observe_catch_up(0, 0.0)  # nothing read: nothing lost
+    assert ctl.loss_room == pytest.approx(start - 3.0)
+
+
 def test_a_draft_is_chosen_only_within_the_allowance():
     ctl = Controller(Costs(dict(EPYC)), mode="auto", has_model=False)
     for _ in range(40):  # lookups of this length have always gone on

@@ -493,6 +493,10 @@ class Controller:
             self.accepted += accepted
 
     def observe_catch_up(self, lag: int, seconds: float) -> None:
+        """The draft model read `lag` tokens it had missed: time plain decoding never spends, so it is
+        lost from this answer's allowance (by the cost model, as the choice counted it), then learnt."""
+        if lag > 0 and self.costs.draft_token is not None:
+            self._banked -= self.costs.catch_up_cost(lag) / self.costs.verify_cost(1)
         self.costs.observe_catch_up(lag, seconds)
 
     def observe_lookups(self, outcomes: Sequence[tuple[Sequence[float], int]]) -> None:
