@@ -3,6 +3,7 @@
     python scripts/replay_policy.py record traces.json [--suite short|edit] [--pair NAME] [--max-tokens N] [--category C]
     python scripts/replay_policy.py replay traces.json [--max-tokens N] [--k-max 64] [--details] [--no-context]
     python scripts/replay_policy.py replay bench.json   # an `edgespec bench --json` file (greedy) instead
+    python scripts/replay_policy.py replay bench.json --curve other.json --versus-ngram   # another machine's curve; auto vs ngram
 
 `record` loads the target (plain greedy decoding), writes every prompt's tokens and answer, and the
 pair's calibrated cost curve (measured now if not cached). `replay` needs no model: for each prompt
@@ -69,21 +70,33 @@ def replay_cmd(args) -> None:
             data = traces_from_bench(data)
         except ValueError as e:
             sys.exit(f"{args.traces}: {e}")
-    costs = costs_from_traces(data, context=not args.no_context)
-    rows, by_cat = [], {}
+    curve = data
+    if args.curve:  # another machine's cost curve over these answers
+        curve = json.load(open(args.curve))
+        curve = traces_from_bench(curve) if "edgespec_bench" in curve else curve
+    costs = costs_from_traces(curve, context=not args.no_context)
+    rows, by_cat, versus = [], {}, []
     for p in data["prompts"]:
         answer = p["answer"][: args.max_tokens] if args.max_tokens else p["answer"]
-        r = replay(p["prompt"], answer, costs, make_controller=lambda c: Controller(c, mode="auto", has_model=False, k_max=args.k_max))
+        r = replay(p["prompt"], answer, costs,
+                   make_controller=lambda c: Controller(c, mode="auto", has_model=False, k_max=args.k_max))
         best = oracle(p["prompt"], answer, costs, k_max=args.k_max)
-        meas = p.get("measured", {}).get("auto") if not args.max_tokens else None
+        meas = p.get("measured", {}).get("auto") if not args.max_tokens and not args.curve else None
         rows.append((p["id"], r, best, meas))
         by_cat.setdefault(p["category"], []).append((r.speedup, best, meas))
+        ng = None
+        if args.versus_ngram:  # the context-only mode, which always drafts where there is a match
+            ng = replay(p["prompt"], answer, costs,
+                        make_controller=lambda c: Controller(c, mode="ngram", has_model=False, k_max=args.k_max)).speedup
+            versus.append((r.speedup / ng, p["id"]))
         if args.details:
             hist = " ".join(f"{k}:{v}" for k, v in sorted(r.k_hist.items()))
             m = f"measured {meas:5.2f}x  " if meas is not None else ""
-            print(f"{p['id']:28s} {m}auto {r.speedup:5.2f}x  ceiling {best:5.2f}x  accepted {r.accepted}/{r.drafted}  k {hist}")
+            n = f"ngram {ng:5.2f}x  " if ng is not None else ""
+            print(f"{p['id']:28s} {m}auto {r.speedup:5.2f}x  {n}ceiling {best:5.2f}x  accepted {r.accepted}/{r.drafted}  k {hist}")
     budget = f"<= {args.max_tokens} tokens" if args.max_tokens else "as recorded"
-    print(f"replay of {len(rows)} answers ({budget}, k <= {args.k_max}) with the cost curve of {data['target']}")
+    print(f"replay of {len(rows)} answers ({budget}, k <= {args.k_max}) with the cost curve of "
+          + (f"{args.curve}" if args.curve else f"{data['target']}"))
     if costs.attend or costs.attend_base:
         print(f"each 1,000 tokens of context beyond {costs.position} add {costs.attend_base * 1e3:.1f} ms per batch "
               f"+ {(costs.attend or 0.0) * 1e3:.2f} ms per position")
@@ -102,6 +115,11 @@ def replay_cmd(args) -> None:
         print(line)
     print(f"geometric means over all prompts: replayed auto {gm([r.speedup for _, r, _, _ in rows]):.3f}, "
           f"ceiling {gm([b for _, _, b, _ in rows]):.3f}" + (f", measured auto {gm([m for *_, m in rows]):.3f}" if has_meas else ""))
+    if versus:
+        behind = sorted(v for v in versus if v[0] < 1 - 1e-9)
+        worst = ", ".join(f"{i} {x:.3f}" for x, i in behind[:5])
+        print(f"replayed auto over replayed ngram: geometric mean {gm([x for x, _ in versus]):.3f}; "
+              f"behind on {len(behind)} of {len(versus)}" + (f" (lowest: {worst})" if behind else ""))
 
 
 def main() -> None:
@@ -120,6 +138,8 @@ def main() -> None:
     rep.add_argument("--k-max", type=int, default=64)
     rep.add_argument("--details", action="store_true")
     rep.add_argument("--no-context", action="store_true", help="price every batch at the calibration's context")
+    rep.add_argument("--curve", default=None, help="price the steps with the cost curve of this trace or bench JSON instead")
+    rep.add_argument("--versus-ngram", action="store_true", help="also replay the ngram mode and compare auto with it per prompt")
     args = ap.parse_args()
     record(args) if args.cmd == "record" else replay_cmd(args)
 

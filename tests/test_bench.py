@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -401,6 +402,12 @@ def test_bench_end_to_end_on_tiny_models(tiny, cli_env, tmp_path):
         assert len(p["token_ids"]) == p["prompt_tokens"]
     for r in doc["runs"]:
         assert len(r["token_ids"]) == r["generated_tokens"]
+        # the step log: one entry per target pass, adding up to the run's totals
+        log = r["step_log"]
+        assert len(log) == r["target_passes"] and sum(n for _, n, _, _ in log) == r["drafted"]
+        assert sum(a for _, _, a, _ in log) == r["accepted"] and all(t > 0 for *_, t in log)
+        assert {d for d, n, _, _ in log if n} <= ({"none"} if r["mode"] == "plain" else {"model", "ngram"})
+        assert sum(a + 1 for _, _, a, _ in log) >= r["generated_tokens"]  # the last step may be cut at the budget
     traces = traces_from_bench(doc)
     assert traces["position"] > 0 and traces["attend_s"] is not None  # how batches grow with the context
     assert [t["id"] for t in traces["prompts"]] == ["code-1", "edit-1", "extract-1"]
@@ -410,6 +417,7 @@ def test_bench_end_to_end_on_tiny_models(tiny, cli_env, tmp_path):
         rep = replay(t["prompt"], t["answer"], costs_from_traces(traces))
         assert rep.speedup > 0 and rep.stats.generated == len(t["answer"])
     assert '"token_ids": [' in out_json.read_text()  # one line per list, not one per token
+    assert re.search(r'\n\s*\["(none|model|ngram)",\d+,\d+,[\d.e-]+\]', out_json.read_text())  # one line per step
 
     with open(out_csv, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -41,3 +41,28 @@ def test_the_ceiling_bounds_the_controller(seed):
     answer = (prompt[50:90] + rng.choice(vocab, size=30).tolist() + prompt[120:160])
     costs = Costs(dict(CPU))
     assert oracle(prompt, answer, costs) >= replay(prompt, answer, costs).speedup - 1e-9
+
+
+def test_the_replay_script_prices_answers_with_another_curve_and_compares_with_ngram(tmp_path):
+    """scripts/replay_policy.py: one machine's answers, another machine's cost curve, auto against ngram."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rng = np.random.default_rng(1)
+    source = rng.integers(100, 5000, size=200).tolist()
+    traces = {"target": "recorded", "verify_s": {str(n): v for n, v in CPU.items()}, "position": 256,
+              "prompts": [{"id": "copy", "category": "quote", "prompt": [1, 2] + source + [3], "answer": source[:150]}]}
+    flat = {"target": "flat", "verify_s": {"1": 0.03, "2": 0.035, "4": 0.04, "8": 0.05, "16": 0.07, "32": 0.1, "64": 0.16},
+            "position": 256, "prompts": []}
+    (tmp_path / "t.json").write_text(json.dumps(traces))
+    (tmp_path / "flat.json").write_text(json.dumps(flat))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "replay_policy.py"
+    run = lambda *a: subprocess.run([sys.executable, str(script), "replay", str(tmp_path / "t.json"), *a],
+                                    capture_output=True, text=True, check=True).stdout
+    own, other = run("--versus-ngram", "--details"), run("--curve", str(tmp_path / "flat.json"), "--versus-ngram")
+    assert "ngram" in own.splitlines()[0] and "replayed auto over replayed ngram" in own
+    assert f"cost curve of {tmp_path / 'flat.json'}" in other
+    gain = lambda out: float(out.split("replayed auto ")[1].split(",")[0])
+    assert gain(other) > gain(own) > 1.0  # a copy pays more where verification is nearly free

@@ -25,6 +25,7 @@ _MATCH_RANK = {"reference": 0, "exact": 1, "near-tie": 2, "MISMATCH": 3}
 SCHEMA = 1
 # A list of integers as json.dumps(indent=1) writes it: one per line. Real newlines never occur inside a JSON string.
 _INT_LIST = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
+_STEP = re.compile(r'\[\n\s*("\w+",\n\s*\d+,\n\s*\d+,\n\s*[-+.\deE]+)\n\s*\]')  # a step_log entry
 ORDER_DOC = (
     "for each repeat r (0-based), for each prompt in suite order, every mode in turn starting at mode r mod M "
     "(M modes, in --modes order), wrapping around"
@@ -212,6 +213,7 @@ def document(result: Result, *, machine: dict, models: dict, extra: dict | None 
 def write_json(doc: dict, path: str) -> None:
     text = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
     text = _INT_LIST.sub(lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text)  # token ids on one line each
+    text = _STEP.sub(lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text)  # and each logged step
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -235,7 +237,7 @@ def write_csv(doc: dict, path: str) -> None:
         "greedy": s["greedy"], "near_tie_bound": s["near_tie_bound"],
     }
     runs = doc["runs"]
-    fields = [k for k in (runs[0] if runs else {}) if k not in ("text", "token_ids")] + list(CSV_CONTEXT)
+    fields = [k for k in (runs[0] if runs else {}) if k not in ("text", "token_ids", "step_log")] + list(CSV_CONTEXT)
     with open(Path(path).expanduser(), "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

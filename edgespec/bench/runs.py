@@ -31,7 +31,7 @@ from edgespec.bench.matching import NEAR_TIE, first_divergence, text_divergence,
 from edgespec.bench.modes import PLAIN, BenchMode
 from edgespec.bench.suite import Prompt
 from edgespec.core.engine import Step, generate
-from edgespec.core.kinds import Finish
+from edgespec.core.kinds import Finish, Phase
 from edgespec.core.stats import Stats
 from edgespec.core.verify import SamplingParams
 from edgespec.errors import EdgespecError, UsageError
@@ -68,6 +68,7 @@ class Run:
     match: str | None = None  # reference (plain) | exact | near-tie | MISMATCH | None (sampling, or unknown)
     first_diff: int | None = None
     margin: float | None = None
+    step_log: list[list] | None = None  # per decode step: [drafter, drafted, accepted, seconds] (None for llama.cpp rows)
 
     @property
     def e2e_tps(self) -> float:
@@ -85,6 +86,7 @@ class Run:
             "peak_rss_bytes": self.peak_rss, "match": self.match, "first_diff": self.first_diff,
             "margin": None if self.margin is None else round(self.margin, 4), "text": self.text,
             "token_ids": self.tokens,  # the reply's tokens (None for llama.cpp rows): replayable offline
+            "step_log": self.step_log,  # what each step drafted and what it cost: where a mode's choices parted
         }
 
 
@@ -97,6 +99,7 @@ class _Live:
     tokens: list[int] = field(default_factory=list)
     finish: Finish | None = None
     peak: int | None = None  # the process's peak RSS seen while it ran
+    log: list[list] = field(default_factory=list)  # per decode step: [drafter, drafted, accepted, seconds]
 
     def __post_init__(self):
         self.peak = current_rss()
@@ -114,6 +117,8 @@ def _drive(lives: Sequence[_Live]) -> None:
                     continue
                 g.stats.add(step)
                 g.tokens.extend(step.tokens)
+                if step.tokens and step.phase != Phase.PREFILL:
+                    g.log.append([str(step.drafter), step.drafted, step.accepted, round(step.t_draft + step.t_verify, 6)])
                 if step.finish:
                     g.finish = step.finish
                 rss = current_rss()
@@ -296,6 +301,7 @@ class Bench:
 
     def _fill(self, run: Run, g: _Live, wall: float) -> None:
         run.stats, run.tokens, run.finish, run.wall_s, run.peak_rss = g.stats, g.tokens, g.finish, wall, g.peak
+        run.step_log = g.log
         run.text = self.target.detokenize(g.tokens)
 
     def _compare(self, group: list[Run]) -> None:
