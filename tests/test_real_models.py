@@ -60,12 +60,14 @@ def test_smollm2_as_its_own_draft_accepts_everything(smollm2):
         report: list[str] = []
         total = Stats()
         for out, stats in check_greedy(target, draft, CODE_PROMPTS, 64, 4, report):
-            total.drafted += stats.drafted
-            total.accepted += stats.accepted
+            total.merge(stats)
             assert target.detokenize(out).strip()
-        print("; ".join(report), f"; acceptance {total.accepted}/{total.drafted}")
-        # The draft is the target: only a batched-evaluation near-tie can reject a token.
-        assert total.drafted > 100
+        print("; ".join(report), f"; acceptance {total.accepted}/{total.drafted} over {total.generated} tokens")
+        # The draft is the target: only a batched-evaluation near-tie can reject a token, so nearly
+        # every step drafts 4 accepted tokens and adds 5. How long the answers run before the model
+        # ends them depends on the CPU's kernels (122 tokens in all on an AVX2 EPYC), so the share
+        # drafted is checked, not a count.
+        assert total.generated >= 60 and total.drafted >= 0.6 * total.generated
         assert total.acceptance_rate >= 0.98
 
 
