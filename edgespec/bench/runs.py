@@ -31,7 +31,7 @@ from edgespec.bench.matching import NEAR_TIE, first_divergence, text_divergence,
 from edgespec.bench.modes import PLAIN, BenchMode
 from edgespec.bench.suite import Prompt
 from edgespec.core.engine import Step, generate
-from edgespec.core.kinds import Finish, Phase
+from edgespec.core.kinds import Finish
 from edgespec.core.stats import Stats
 from edgespec.core.verify import SamplingParams
 from edgespec.errors import EdgespecError, UsageError
@@ -117,7 +117,7 @@ def _drive(lives: Sequence[_Live]) -> None:
                     continue
                 g.stats.add(step)
                 g.tokens.extend(step.tokens)
-                if step.tokens and step.phase != Phase.PREFILL:
+                if step.tokens:  # a decode step (the prefill has none)
                     g.log.append([str(step.drafter), step.drafted, step.accepted, round(step.t_draft + step.t_verify, 6)])
                 if step.finish:
                     g.finish = step.finish
