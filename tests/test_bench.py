@@ -10,7 +10,9 @@ import csv
 import json
 import os
 import re
+import signal
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -583,6 +585,9 @@ if prompt.endswith("\n"):  # what llama.cpp's -f does
     prompt = prompt[:-1]
 with open(os.environ["FAKE_SPEC_LOG"], "a", encoding="utf-8") as log:
     log.write(json.dumps({{"argv": args, "prompt": prompt}}) + "\n")
+if os.environ.get("FAKE_SPEC_FAIL") == "sigill":  # what llama.cpp's AMX kernels do where they crash
+    import signal
+    os.kill(os.getpid(), signal.SIGILL)
 if os.environ.get("FAKE_SPEC_FAIL"):
     print("error: invalid argument: --spec-draft-n-max", file=sys.stderr)
     sys.exit(1)
@@ -671,6 +676,46 @@ def test_compare_llama_cpp_failure_is_one_line(tiny, cli_env, tmp_path):
     proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--modes", "plain",
                      "--compare", "llama-cpp", "--llama-cpp-bin", fake_binary(tmp_path), "--max-tokens", "8", "--no-warmup"], env, timeout=300)
     assert_one_line_error(proc, "llama-speculative-simple failed (exit code 1)", "invalid argument: --spec-draft-n-max")
+
+
+def test_a_llama_cpp_binary_killed_by_an_illegal_instruction_says_how_to_rebuild(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl", [TINY_SUITE[0]])
+    env = dict(cli_env, FAKE_SPEC_LOG=str(tmp_path / "calls.jsonl"), FAKE_SPEC_FAIL="sigill")
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--modes", "plain",
+                     "--compare", "llama-cpp", "--llama-cpp-bin", fake_binary(tmp_path), "--max-tokens", "8", "--no-warmup"], env, timeout=300)
+    assert_one_line_error(proc, f"llama-speculative-simple failed (exit code {-signal.SIGILL})", "illegal instruction",
+                          "scripts/build_llama_cpp_tools.sh")
+
+
+def test_llama_cpp_is_built_without_amx_where_edgespec_loads_without_it():
+    intel = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512vbmi", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_int8", "amx_bf16"}
+    assert L.cmake_cpu_args(intel, avoid_amx=False) == []  # the native build, AMX and all
+    args = L.cmake_cpu_args(intel, avoid_amx=True)
+    assert args[0] == "-DGGML_NATIVE=OFF"
+    on = {a[2:-3] for a in args if a.endswith("=ON")}
+    assert on == {"GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2", "GGML_AVX512",
+                  "GGML_AVX512_VBMI", "GGML_AVX512_VNNI", "GGML_AVX512_BF16"}
+    assert {"-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF", "-DGGML_AVX_VNNI=OFF"} <= set(args)
+    # a CPU without AVX-512 (forced off by EDGESPEC_AMX=off there) gets none of it
+    avx2 = {a[2:-3] for a in L.cmake_cpu_args({"avx", "avx2", "fma", "f16c", "bmi2"}, avoid_amx=True) if a.endswith("=ON")}
+    assert avx2 == {"GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"}
+
+
+def test_the_cmake_args_command_follows_the_amx_setting(cli_env):
+    """What scripts/build_llama_cpp_tools.sh asks: nothing where AMX is not avoided, the named sets where it is."""
+    cmd = [sys.executable, "-m", "edgespec.bench.llamacpp", "cmake-args"]
+    env = dict(cli_env, EDGESPEC_AMX="off")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from edgespec.machine.cpu_paths import decide
+
+    if decide("off").avoids_amx:  # llama.cpp offers AMX here
+        assert proc.stdout.split()[0] == "-DGGML_NATIVE=OFF" and "-DGGML_AMX_INT8=OFF" in proc.stdout.split()
+        assert "without AMX" in proc.stderr
+    else:
+        assert proc.stdout.strip() == "" and proc.stderr == ""
+    assert subprocess.run(cmd[:-1] + ["bogus"], env=env, capture_output=True, timeout=120).returncode == 2
 
 
 def test_old_llama_cpp_flag_names(tmp_path):

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,45 @@ def prompt_echo(model, tokens) -> bytes:
     """What llama-speculative-simple prints for the prompt (for a SentencePiece vocabulary that is not the
     rendered text: spaces may print as U+2581)."""
     return b"".join(special_pieces(model, tokens))
+
+
+# /proc/cpuinfo flag -> ggml's CMake option, for a build that names its instruction sets instead of
+# compiling for the host (-march=native), which turns AMX on wherever the CPU reports it.
+_CPU_OPTIONS = (("sse4_2", "GGML_SSE42"), ("avx", "GGML_AVX"), ("avx2", "GGML_AVX2"), ("fma", "GGML_FMA"),
+                ("f16c", "GGML_F16C"), ("bmi2", "GGML_BMI2"), ("avx_vnni", "GGML_AVX_VNNI"),
+                ("avx512f", "GGML_AVX512"), ("avx512vbmi", "GGML_AVX512_VBMI"),
+                ("avx512_vnni", "GGML_AVX512_VNNI"), ("avx512_bf16", "GGML_AVX512_BF16"))
+
+
+def cmake_cpu_args(flags: set[str], avoid_amx: bool) -> list[str]:
+    """CMake options for building llama.cpp's tools so that they take the CPU paths edgespec takes.
+
+    Where edgespec loads without AMX (the CPU reports it and llama.cpp's AMX kernels crash there, or
+    --amx off), a native build would use them and die on its first batch: build for the CPU's other
+    instruction sets, named one by one, instead. Elsewhere: nothing (the native build)."""
+    if not avoid_amx:
+        return []
+    return ["-DGGML_NATIVE=OFF"] + [f"-D{opt}={'ON' if flag in flags else 'OFF'}" for flag, opt in _CPU_OPTIONS] \
+        + ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edgespec.bench.llamacpp cmake-args`: the CMake options above for this machine, one
+    line (scripts/build_llama_cpp_tools.sh); why, on stderr."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["cmake-args"]:
+        print("usage: python -m edgespec.bench.llamacpp cmake-args", file=sys.stderr)
+        return 2
+    from edgespec.machine.cpu_paths import decide
+    from edgespec.machine.system import cpu_flags
+
+    decision = decide()
+    out = cmake_cpu_args(cpu_flags(), decision.avoids_amx)
+    if out:
+        print(f"edgespec loads models without AMX here ({decision.reason}): building llama.cpp without it too",
+              file=sys.stderr)
+    print(" ".join(out))
+    return 0
 
 
 def find_binary(where: str | os.PathLike) -> Path:
@@ -291,8 +331,12 @@ class LlamaCpp:
             except OSError:
                 pass
         if rc != 0:
+            hint = "run it by hand with EDGESPEC_DEBUG=1 to see the command, or adjust --llama-cpp-args"
+            if rc in (-signal.SIGILL, 128 + signal.SIGILL):
+                hint = ("an illegal instruction: a build for another CPU, or llama.cpp's AMX kernels on a CPU where "
+                        "they crash; rebuild with scripts/build_llama_cpp_tools.sh (it leaves AMX out where edgespec does)")
             raise EdgespecError(f"{BINARY} failed (exit code {rc}) on prompt {prompt.id!r}: {_last_error_line(err + out.decode('utf-8', 'replace'))}",
-                                "run it by hand with EDGESPEC_DEBUG=1 to see the command, or adjust --llama-cpp-args")
+                                hint)
         got = parse_output(err + "\n" + out.decode("utf-8", "replace"))
         s = run.stats  # what its report says; it prints no per-step detail (run.per_step is False)
         s.prompt_tokens = got.encoded or len(tokens)
@@ -306,3 +350,7 @@ class LlamaCpp:
         run.raw = generated_text(out, prompt_echo(target, tokens), rendered.encode("utf-8"))
         run.text = None if run.raw is None else run.raw.decode("utf-8", "replace")
         run.tokens = None  # compared with plain decoding by bytes (edgespec.bench.text_divergence)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
