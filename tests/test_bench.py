@@ -573,7 +573,8 @@ import json, os, sys
 args = sys.argv[1:]
 if "--help" in args:
     print("--spec-draft-n-max N   number of tokens to draft (default: 3)\n"
-          "--spec-type none,draft-simple,draft-eagle3,ngram-simple")
+          "--spec-type none,draft-simple,draft-eagle3,ngram-simple\n"
+          "-e,    --escape, --no-escape   whether to process escapes sequences (\\n, \\r, \\t, \\', \\\", \\\\)")
     sys.exit(0)
 if "--version" in args:
     print("version: 7070 (1c2d3e4)", file=sys.stderr)
@@ -583,6 +584,8 @@ with open(opt("-f"), encoding="utf-8", newline="") as f:
     prompt = f.read()
 if prompt.endswith("\n"):  # what llama.cpp's -f does
     prompt = prompt[:-1]
+if "--no-escape" not in args:  # and what it does to escapes by default
+    prompt = prompt.replace("\\n", "\n").replace("\\t", "\t")
 with open(os.environ["FAKE_SPEC_LOG"], "a", encoding="utf-8") as log:
     log.write(json.dumps({{"argv": args, "prompt": prompt}}) + "\n")
 if os.environ.get("FAKE_SPEC_FAIL") == "sigill":  # what llama.cpp's AMX kernels do where they crash
@@ -594,6 +597,8 @@ if os.environ.get("FAKE_SPEC_FAIL"):
 texts = json.loads(os.environ.get("FAKE_SPEC_TEXTS", "{{}}"))
 reply = bytes.fromhex(next((t for p, t in texts.items() if prompt.find(p) >= 0), b"hello".hex()))
 n = int(opt("-n"))
+if os.environ.get("FAKE_SPEC_MANGLE"):  # an echo that is not the prompt edgespec rendered
+    prompt = prompt.replace("<|im_start|>", "<|im_begin|>")
 sys.stdout.buffer.write(b"\n\n" + prompt.encode("utf-8") + reply + b"\n\n\n\n")
 sys.stdout.flush()
 sys.stderr.write("""{sample}""".replace(" 81 tokens", " %d tokens" % n))
@@ -626,7 +631,8 @@ def plain_replies(target_path: Path, rows, max_tokens: int) -> dict[str, str]:
 
 
 def test_compare_llama_cpp_with_a_stand_in_binary(tiny, cli_env, tmp_path):
-    rows = [TINY_SUITE[0], TINY_SUITE[4]]
+    # a prompt with a backslash escape in it, as code has: llama.cpp must get it as written
+    rows = [dict(TINY_SUITE[0], prompt=TINY_SUITE[0]["prompt"] + ' Use print("a\\nb").'), TINY_SUITE[4]]
     suite = write_suite(tmp_path / "suite.jsonl", rows)
     log = tmp_path / "calls.jsonl"
     replies = plain_replies(tiny["target"], rows, 16)
@@ -664,10 +670,23 @@ def test_compare_llama_cpp_with_a_stand_in_binary(tiny, cli_env, tmp_path):
         assert flag("--spec-type") == "draft-simple" and flag("--spec-draft-p-min") == "0"
         assert flag("--temp") == "0" and flag("-t") == "2" and flag("-ngl") == "0" and flag("-ngld") == "0"
         assert flag("-c") == str(doc["settings"]["ctx"]) and flag("-ub") == str(doc["settings"]["n_batch"])  # as loaded
+        assert "--no-escape" in argv
         # the prompt file is the chat-template rendering, byte for byte after llama.cpp drops one newline
         assert call["prompt"].startswith("<|im_start|>") and call["prompt"].endswith("<|im_start|>assistant\n")
         assert row["prompt"] in call["prompt"]
     assert "<|im_start|>system\nAnswer in JSON.<|im_end|>" in calls[1]["prompt"]
+
+
+def test_a_llama_cpp_reply_that_cannot_be_read_is_named(tiny, cli_env, tmp_path):
+    suite = write_suite(tmp_path / "suite.jsonl", [TINY_SUITE[0]])
+    env = dict(cli_env, FAKE_SPEC_LOG=str(tmp_path / "calls.jsonl"), FAKE_SPEC_MANGLE="1")
+    proc = edgespec(["bench", "-m", tiny["target"], "-d", tiny["draft"], "--prompts", suite, "--modes", "plain",
+                     "--compare", "llama-cpp", "--llama-cpp-bin", fake_binary(tmp_path), "--max-tokens", "8", "--no-warmup",
+                     "--json", "-"], env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run = next(r for r in json.loads(proc.stdout)["runs"] if r["mode"] == "llama.cpp-spec-k4")
+    assert run["text"] is None and run["match"] is None
+    assert "did not echo the prompt it was given on code-1" in " ".join(proc.stderr.split())
 
 
 def test_compare_llama_cpp_failure_is_one_line(tiny, cli_env, tmp_path):

@@ -280,6 +280,8 @@ class LlamaCpp:
         gpu = lambda n: str(999 if n < 0 else n)  # noqa: E731  (edgespec's -1 means all layers)
         cmd = [str(self.binary), "-m", target, "-f", prompt_file, "-n", str(max_tokens), "-c", str(ld.n_ctx),
                "-t", str(ld.threads), "-ngl", gpu(ld.n_gpu_layers), "-s", str(seed)]
+        if "--no-escape" in self.help:  # it turns a prompt's \n, \t, \" ... into the characters by default
+            cmd.append("--no-escape")
         if spec == "draft-simple":
             cmd += ["-md", draft, "-td", str(ld.threads), "-ngld", gpu(ld.draft_gpu_layers), *self.spec_type,
                     self.flags["n_max"], str(k), self.flags["n_min"], "0", self.flags["p_min"], "0"]

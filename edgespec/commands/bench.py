@@ -141,6 +141,10 @@ def bench(
     mismatches = sum(e["matches"]["MISMATCH"] for e in doc["summary"]["modes"])
     if mismatches:
         err.print(f"[bold red]warning:[/] {mismatches} greedy run(s) differ from plain decoding at a token that is not a near-tie")
+    unread = sorted({r["prompt"] for r in doc["runs"] if r["mode"].startswith("llama.cpp") and r.get("text") is None})
+    if unread:
+        err.print(f"[yellow]warning:[/] llama.cpp's output did not echo the prompt it was given on {', '.join(unread)}: "
+                  "its reply there is not compared with plain decoding")
     if result.interrupted:
         err.print(f"[yellow]interrupted[/]: the results above cover {len(result.runs)} completed runs")
         raise typer.Exit(130)
